@@ -1,0 +1,239 @@
+"""The admin HTTP API: routes, request parsing and the one error-to-response mapping.
+
+Every handler either returns JSON or raises a ``ConfigCenterError``; the
+error middleware turns those (and aiohttp's own 404/405/413) into
+``{"error": {code, message, details}}`` with the status the exception class
+carries.  Writes go to etcd through the store and return once the mirror has
+applied them (bounded wait), so a read right after a write sees it.  Current
+reads come from the mirror and keep working, marked stale, while etcd is down.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from configcenter_sdk.errors import RouteTableError
+from configcenter_sdk.routing import compile_table
+
+from . import errors
+from .codec import dump_json, parse_body
+from .diffing import structured_diff, unified_patch
+from .model import Release, validate_namespace, validate_prefix
+from .runtime import Runtime
+from .validation import parse_envelope, validate_document
+
+log = logging.getLogger("configcenter.api")
+NS = "{ns:.+}"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=dump_json(data), status=status, content_type="application/json", headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except errors.ConfigCenterError as exc:
+        return json_response(exc.to_json(), exc.status)
+    except web.HTTPRequestEntityTooLarge as exc:
+        err = errors.PayloadTooLargeError(f"request body is larger than the {exc.max_size}-byte limit")
+        return json_response(err.to_json(), err.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        body = {"error": {"code": code, "message": f"{exc.reason}: {request.method} {request.path}", "details": {}}}
+        return json_response(body, exc.status)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response(errors.ConfigCenterError("internal server error").to_json(), 500)
+
+
+def rt(request: web.Request) -> Runtime:
+    return request.app["runtime"]  # type: ignore[no-any-return]
+
+
+def int_param(request: web.Request, name: str, default: int | None = None, minimum: int = 0) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or int(raw) < minimum:
+        raise errors.InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {raw!r}", parameter=name)
+    return int(raw)
+
+
+def if_match(request: web.Request) -> int | None:
+    raw = request.headers.get("If-Match")
+    if raw is None:
+        return None
+    value = raw.strip().strip('"')
+    if not value.isdigit():
+        raise errors.InvalidArgumentError(f"If-Match must be a revision number, got {raw!r}")
+    return int(value)
+
+
+async def read_body(request: web.Request) -> Any:
+    limit = rt(request).settings.limits.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.PayloadTooLargeError(f"request body of {request.content_length} bytes exceeds the {limit}-byte limit")
+    return parse_body(await request.read(), request.content_type)
+
+
+def release_response(release: Release, runtime: Runtime, status: int = 200) -> web.Response:
+    return json_response(release.to_json(), status, runtime.staleness_headers())
+
+
+async def push(request: web.Request) -> web.Response:
+    runtime = rt(request)
+    runtime.auth.require_write(request)
+    ns = validate_namespace(request.match_info["ns"])
+    envelope = parse_envelope(await read_body(request))
+    validate_document(envelope.kind, envelope.doc)
+    release = await runtime.store.push(
+        ns, envelope.kind, envelope.doc, author=envelope.author, message=envelope.message, if_match=if_match(request)
+    )
+    await runtime.visible(release.revision)
+    return release_response(release, runtime, 201 if release.version == 1 else 200)
+
+
+async def get_namespace(request: web.Request) -> web.Response:
+    runtime = rt(request)
+    runtime.auth.require_read(request)
+    ns = validate_namespace(request.match_info["ns"])
+    revision = int_param(request, "revision", minimum=1)
+    if revision is not None:
+        return release_response(await runtime.store.get_at(ns, revision), runtime)
+    return release_response(await runtime.current(ns), runtime)
+
+
+async def list_namespaces(request: web.Request) -> web.Response:
+    runtime = rt(request)
+    runtime.auth.require_read(request)
+    prefix = validate_prefix(request.query.get("prefix", ""))
+    revision, releases = await runtime.list(prefix)
+    items = [r.to_json(with_doc=False) for r in releases]
+    return json_response({"revision": revision, "namespaces": items}, headers=runtime.staleness_headers())
+
+
+async def delete_namespace(request: web.Request) -> web.Response:
+    runtime = rt(request)
+    runtime.auth.require_write(request)
+    ns = validate_namespace(request.match_info["ns"])
+    release = await runtime.store.delete(ns, author=request.query.get("author", ""),
+                                         message=request.query.get("message", ""), if_match=if_match(request))
+    await runtime.visible(release.revision)
+    return json_response(release.to_json(with_doc=False))
+
+
+async def history(request: web.Request) -> web.Response:
+    runtime = rt(request)
+    runtime.auth.require_read(request)
+    ns = validate_namespace(request.match_info["ns"])
+    limit = int_param(request, "limit", 20, minimum=1) or 20
+    page = await runtime.store.history(ns, min(limit, 1000), int_param(request, "before", minimum=1))
+    entries = [r.to_json(with_doc=False) for r in page.entries]
+    return json_response({"ns": ns, "entries": entries, "next_before": page.next_before})
+
+
+async def diff(request: web.Request) -> web.Response:
+    runtime = rt(request)
+    runtime.auth.require_read(request)
+    ns = validate_namespace(request.match_info["ns"])
+    from_rev, to_rev = int_param(request, "from", minimum=1), int_param(request, "to", minimum=1)
+    if from_rev is None:
+        raise errors.InvalidArgumentError("diff needs ?from=REVISION (and optionally &to=REVISION)")
+    old = await runtime.store.get_at(ns, from_rev)
+    new = await runtime.store.get_at(ns, to_rev) if to_rev is not None else await runtime.store.get(ns)
+    return json_response({
+        "ns": ns, "from": old.revision, "to": new.revision,
+        "changes": structured_diff(old.doc, new.doc),
+        "patch": unified_patch(old.doc, new.doc, f"{ns}@{old.revision}", f"{ns}@{new.revision}"),
+    })
+
+
+async def rollback(request: web.Request) -> web.Response:
+    runtime = rt(request)
+    runtime.auth.require_write(request)
+    ns = validate_namespace(request.match_info["ns"])
+    body = await read_body(request)
+    target = body.get("to_revision") if isinstance(body, dict) else None
+    if not isinstance(target, int) or isinstance(target, bool) or target < 1:
+        raise errors.InvalidBodyError("body must be {to_revision: <revision>, message?, author?}")
+    release = await runtime.store.rollback(
+        ns, target, author=str(body.get("author", "")), message=str(body.get("message", "")),
+        if_match=if_match(request),
+    )
+    await runtime.visible(release.revision)
+    return release_response(release, runtime)
+
+
+async def evaluate_route(request: web.Request) -> web.Response:
+    runtime = rt(request)
+    runtime.auth.require_read(request)
+    ns = validate_namespace(request.match_info["ns"])
+    body = await read_body(request)
+    headers = body.get("headers") if isinstance(body, dict) else None
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise errors.InvalidBodyError("body must be {headers: {name: value, ...}} with string values")
+    release = await runtime.current(ns)
+    if release.kind != "routes" or release.doc is None:
+        raise errors.ConflictError(f"namespace {ns!r} holds a {release.kind} document, not a route table")
+    try:
+        decision = compile_table(release.doc, release.revision).route(headers)
+    except RouteTableError as exc:
+        raise errors.ConflictError(f"stored route table of {ns!r} does not compile: {exc}") from exc
+    return json_response({"ns": ns, "cluster": decision.cluster, "rule_id": decision.rule_id,
+                          "revision": decision.revision})
+
+
+async def watch(request: web.Request) -> web.StreamResponse:
+    runtime = rt(request)
+    runtime.auth.require_read(request)
+    selectors = request.query.getall("ns", [])
+    for sel in selectors:
+        validate_prefix(sel) if sel.endswith("/") else validate_namespace(sel)
+    since = int_param(request, "since")
+    last_event_id = request.headers.get("Last-Event-ID", "").strip()
+    if last_event_id:
+        if not last_event_id.isdigit():
+            raise errors.InvalidArgumentError(f"Last-Event-ID must be a revision, got {last_event_id!r}")
+        since = int(last_event_id)
+    return await runtime.hub.stream(request, selectors, since)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    status = rt(request).readiness()
+    return json_response(status, 200 if status["status"] == "ready" else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    runtime = rt(request)
+    runtime.metrics.set("configcenter_stale_seconds", runtime.mirror.stale_seconds())
+    return web.Response(text=runtime.metrics.render(), content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+def add_routes(app: web.Application) -> None:
+    base = "/v1/namespaces"
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/watch", watch)
+    app.router.add_get(base, list_namespaces)
+    app.router.add_get(f"{base}/{NS}/history", history)
+    app.router.add_get(f"{base}/{NS}/diff", diff)
+    app.router.add_post(f"{base}/{NS}/rollback", rollback)
+    app.router.add_post(f"{base}/{NS}/route", evaluate_route)
+    app.router.add_get(f"{base}/{NS}", get_namespace)
+    app.router.add_put(f"{base}/{NS}", push)
+    app.router.add_delete(f"{base}/{NS}", delete_namespace)

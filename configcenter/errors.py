@@ -1,0 +1,115 @@
+"""The server's exception hierarchy and its one mapping to HTTP statuses.
+
+Every error the server raises on purpose is a :class:`ConfigCenterError`
+carrying a stable machine ``code``, a one-line ``message`` for people and a
+``details`` mapping for scripts.  The HTTP status lives on the class, so the
+API layer never decides statuses itself: ``error_status`` is the single map.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ConfigCenterError(Exception):
+    """Base of every deliberate server error."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire form: ``{"error": {"code", "message", "details"}}``."""
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class InvalidBodyError(ConfigCenterError):
+    """The request body is not valid JSON/YAML or not the expected shape."""
+
+    status = 400
+    code = "invalid_body"
+
+
+class InvalidNamespaceError(ConfigCenterError):
+    """A namespace name breaks the naming rules (see ``model.validate_namespace``)."""
+
+    status = 400
+    code = "invalid_namespace"
+
+
+class InvalidArgumentError(ConfigCenterError):
+    """A query parameter or header has a bad value (e.g. a non-numeric revision)."""
+
+    status = 400
+    code = "invalid_argument"
+
+
+class UnauthorizedError(ConfigCenterError):
+    """No or unknown bearer token."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class ForbiddenError(ConfigCenterError):
+    """The token is valid but its role may not do this."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFoundError(ConfigCenterError):
+    """Unknown namespace or revision."""
+
+    status = 404
+    code = "not_found"
+
+
+class ConflictError(ConfigCenterError):
+    """The request is well-formed but conflicts with current state (e.g. roll back to a deletion)."""
+
+    status = 409
+    code = "conflict"
+
+
+class PreconditionFailedError(ConfigCenterError):
+    """``If-Match`` named a revision that is no longer current (someone else wrote first)."""
+
+    status = 412
+    code = "precondition_failed"
+
+
+class PayloadTooLargeError(ConfigCenterError):
+    """The body exceeds ``limits.max_body_bytes``."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class SchemaViolationError(ConfigCenterError):
+    """The document does not satisfy its JSON Schema; ``details.violations`` lists the paths."""
+
+    status = 422
+    code = "schema_violation"
+
+
+class EtcdUnavailableError(ConfigCenterError):
+    """etcd cannot be reached; writes are refused, reads may be served stale by the mirror."""
+
+    status = 503
+    code = "etcd_unavailable"
+
+
+class ConfigError(ConfigCenterError):
+    """The server configuration file or flags are invalid (start-up only)."""
+
+    code = "bad_config"
+
+
+def error_status(exc: BaseException) -> int:
+    """HTTP status for any exception: deliberate errors carry theirs, the rest are 500."""
+    return exc.status if isinstance(exc, ConfigCenterError) else 500

@@ -1,0 +1,118 @@
+"""Data model: namespace names, document kinds and the release record.
+
+A *release* is one write of a namespace (push, rollback or delete).  Its
+``revision`` is the etcd global revision of the transaction that wrote it,
+so revisions order all releases across namespaces; ``version`` counts the
+releases of one namespace (1, 2, 3 …) and never restarts, not even after a
+delete.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import InvalidNamespaceError
+
+Kind = Literal["routes", "config"]
+Op = Literal["push", "rollback", "delete"]
+KINDS: tuple[str, ...] = ("routes", "config")
+
+_SEGMENT = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+MAX_SEGMENTS = 4
+#: Last segments that would collide with the API's sub-resources
+#: (``/v1/namespaces/{ns}/history`` …), so they are not valid names.
+RESERVED_LAST_SEGMENTS = frozenset({"history", "diff", "rollback", "route"})
+
+
+def validate_namespace(ns: str) -> str:
+    """Return ``ns`` if it is a valid namespace name, else raise ``InvalidNamespaceError``.
+
+    Rules: 1–4 segments joined by ``/``; each ``[a-z0-9][a-z0-9._-]{0,62}``;
+    the last segment is not a reserved API word.
+    """
+    segments = ns.split("/")
+    if not 1 <= len(segments) <= MAX_SEGMENTS:
+        raise InvalidNamespaceError(
+            f"namespace {ns!r} must have 1 to {MAX_SEGMENTS} segments separated by '/'", namespace=ns
+        )
+    for segment in segments:
+        if not _SEGMENT.fullmatch(segment):
+            raise InvalidNamespaceError(
+                f"namespace segment {segment!r} must match [a-z0-9][a-z0-9._-]{{0,62}}", namespace=ns
+            )
+    if segments[-1] in RESERVED_LAST_SEGMENTS:
+        raise InvalidNamespaceError(
+            f"namespace {ns!r} may not end in the reserved word {segments[-1]!r}", namespace=ns
+        )
+    return ns
+
+
+def validate_prefix(prefix: str) -> str:
+    """A subscription/list prefix: empty (everything) or a namespace followed by ``/``."""
+    if prefix and not prefix.endswith("/"):
+        raise InvalidNamespaceError(f"prefix {prefix!r} must end with '/'", prefix=prefix)
+    if prefix:
+        head = prefix[:-1]
+        segments = head.split("/")
+        if len(segments) >= MAX_SEGMENTS or not all(_SEGMENT.fullmatch(s) for s in segments):
+            raise InvalidNamespaceError(f"prefix {prefix!r} is not a valid namespace prefix", prefix=prefix)
+    return prefix
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """One release of a namespace, as stored in etcd and returned by the API.
+
+    ``doc`` is ``None`` for deletions.  ``from_revision`` is set for rollbacks.
+    """
+
+    ns: str
+    revision: int
+    version: int
+    op: Op
+    kind: str
+    doc: dict[str, Any] | None
+    author: str = ""
+    message: str = ""
+    time: float = 0.0
+    from_revision: int | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The value stored in etcd (revision and ns come from the key and its mod_revision)."""
+        out: dict[str, Any] = {
+            "version": self.version,
+            "op": self.op,
+            "kind": self.kind,
+            "doc": self.doc,
+            "author": self.author,
+            "message": self.message,
+            "time": self.time,
+        }
+        if self.from_revision is not None:
+            out["from_revision"] = self.from_revision
+        return out
+
+    def to_json(self, *, with_doc: bool = True) -> dict[str, Any]:
+        """The API form: the record plus ``ns`` and ``revision``."""
+        out = {"ns": self.ns, "revision": self.revision, **self.record()}
+        if not with_doc:
+            out.pop("doc")
+        return out
+
+    @classmethod
+    def from_record(cls, ns: str, revision: int, record: dict[str, Any]) -> Release:
+        """Inverse of :meth:`record`; raises ``KeyError``/``TypeError`` on a malformed record."""
+        return cls(
+            ns=ns,
+            revision=revision,
+            version=int(record["version"]),
+            op=record["op"],
+            kind=str(record["kind"]),
+            doc=record.get("doc"),
+            author=str(record.get("author", "")),
+            message=str(record.get("message", "")),
+            time=float(record.get("time", 0.0)),
+            from_revision=record.get("from_revision"),
+        )

@@ -1,0 +1,106 @@
+"""The running server's parts wired together: etcd client, store, mirror, hub, auth, metrics.
+
+``create_app`` builds an aiohttp application whose start-up connects to etcd
+and starts the mirror without waiting for etcd: a server started while etcd
+is down serves ``/healthz``, reports not ready, and catches up when etcd comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from . import _etcd
+from .auth import TokenAuth
+from .errors import EtcdUnavailableError, NotFoundError
+from .hub import Hub
+from .metrics import Metrics
+from .mirror import Mirror
+from .model import Release
+from .settings import Settings
+from .store import Store
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.auth = TokenAuth(settings.tokens, settings.read_requires_token)
+        self.client = _etcd.connect(settings.etcd_endpoints)
+        layout = _etcd.KeyLayout(settings.prefix)
+        self.store = Store(self.client, layout, timeout=settings.watch.etcd_timeout)
+        self.mirror = Mirror(self.client, layout, ring_size=settings.limits.history_ring,
+                             tuning=settings.watch, metrics=self.metrics)
+        self.hub = Hub(self.mirror, self.metrics, queue_size=settings.limits.subscriber_queue,
+                       progress_interval=settings.watch.progress_interval)
+
+    async def start(self) -> None:
+        await self.client.connect()
+        self.mirror.start()
+
+    async def close(self) -> None:
+        await self.mirror.stop()
+        await self.client.close()
+
+    async def visible(self, revision: int) -> None:
+        """Give the mirror a moment to apply our own write so a following read sees it."""
+        await self.mirror.wait_for(revision, self.settings.watch.write_visibility_timeout)
+
+    async def current(self, ns: str) -> Release:
+        """Current release from the mirror (works while etcd is down), or from etcd before the first list."""
+        if not self.mirror.ready.is_set():
+            return await self.store.get(ns)
+        release = self.mirror.state.get(ns)
+        if release is None:
+            raise NotFoundError(f"namespace {ns!r} does not exist", namespace=ns)
+        return release
+
+    async def list(self, prefix: str) -> tuple[int, list[Release]]:
+        if not self.mirror.ready.is_set():
+            return await self.store.list(prefix)
+        revision, docs = self.mirror.snapshot(lambda ns: ns.startswith(prefix))
+        return revision, [docs[ns] for ns in sorted(docs)]
+
+    def staleness_headers(self) -> dict[str, str]:
+        headers = {"X-Configcenter-Revision": str(self.mirror.applied_revision)}
+        stale = self.mirror.stale_seconds()
+        if stale > 0:
+            headers["X-Configcenter-Stale"] = f"{stale:.3f}"
+        return headers
+
+    def readiness(self) -> dict[str, Any]:
+        if self.mirror.ready.is_set() and self.mirror.connected:
+            return {"status": "ready", "etcd": "up", "revision": self.mirror.applied_revision}
+        return {
+            "status": "degraded" if self.mirror.ready.is_set() else "starting",
+            "etcd": "down", "revision": self.mirror.applied_revision,
+            "stale_seconds": round(self.mirror.stale_seconds(), 3),
+            "message": "etcd is unreachable: reads are served from the last view, writes are refused",
+        }
+
+
+def create_app(settings: Settings) -> web.Application:
+    from .api import add_routes, error_middleware
+
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.limits.max_body_bytes)
+    runtime = Runtime(settings)
+    app["runtime"] = runtime
+    add_routes(app)
+
+    async def lifecycle(app: web.Application) -> Any:
+        await runtime.start()
+        yield
+        await runtime.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def wait_ready(runtime: Runtime, timeout: float) -> None:
+    """Block until the mirror has listed etcd once; ``EtcdUnavailableError`` after ``timeout``."""
+    try:
+        await asyncio.wait_for(runtime.mirror.ready.wait(), timeout)
+    except TimeoutError as exc:
+        raise EtcdUnavailableError(f"etcd did not answer within {timeout}s") from exc

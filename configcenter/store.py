@@ -1,0 +1,203 @@
+"""Releases in etcd: push, delete, rollback, read current, read by revision, history.
+
+Contract
+--------
+* Every write is one etcd transaction that puts (or deletes) ``docs/<ns>``
+  and creates ``history/<ns>/<version>``.  The transaction is guarded by
+  ``docs/<ns>``'s ``mod_revision`` and by the history key not existing, so two
+  concurrent writers can never both win and a release and its history entry
+  always share one revision.
+* With ``if_match`` the caller's expected revision is the guard (412 on
+  mismatch, also when another writer wins the race).  Without it the store
+  retries the compare-and-swap a few times: last writer wins, nothing is lost.
+* Reading a past revision (``get_at``) reads the history key whose
+  ``mod_revision`` equals it; history keys are never rewritten, so this works
+  after etcd compacted that revision away.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from etcd3aio import Etcd3Client, SortOrder, SortTarget, prefix_range_end
+from etcd3aio._protobuf import Compare
+
+from ._etcd import KeyLayout, etcd_errors
+from .errors import ConflictError, NotFoundError, PreconditionFailedError
+from .model import Op, Release
+
+_CAS_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """Newest-first history entries and the cursor for the next (older) page, if any."""
+
+    entries: list[Release]
+    next_before: int | None
+
+
+class Store:
+    """etcd-backed release store for one key prefix; see the module docstring for guarantees."""
+
+    def __init__(self, client: Etcd3Client, layout: KeyLayout, timeout: float = 5.0) -> None:
+        self._client = client
+        self.layout = layout
+        self._timeout = timeout
+
+    @property
+    def _kv(self) -> Any:
+        if self._client.kv is None:
+            raise RuntimeError("etcd client is not connected")
+        return self._client.kv
+
+    async def current_revision(self) -> int:
+        """etcd's store revision right now (a linearizable read): proves etcd is reachable."""
+        with etcd_errors("read the current revision"):
+            resp = await self._kv.get(self.layout.docs_prefix, count_only=True, timeout=self._timeout)
+        return int(resp.header.revision)
+
+    async def get(self, ns: str) -> Release:
+        """The current release of ``ns``; ``NotFoundError`` if it has none (never pushed or deleted)."""
+        with etcd_errors(f"read {ns}"):
+            resp = await self._kv.get(self.layout.doc_key(ns), timeout=self._timeout)
+        if not resp.kvs:
+            raise NotFoundError(f"namespace {ns!r} does not exist", namespace=ns)
+        kv = resp.kvs[0]
+        return Release.from_record(ns, kv.mod_revision, orjson.loads(kv.value))
+
+    async def get_at(self, ns: str, revision: int) -> Release:
+        """The release of ``ns`` written at ``revision`` (from history; works after compaction)."""
+        for kv in await self._history_keys(ns):
+            if kv.mod_revision == revision:
+                with etcd_errors(f"read {ns} at revision {revision}"):
+                    resp = await self._kv.get(kv.key, timeout=self._timeout)
+                if resp.kvs:
+                    return Release.from_record(ns, revision, orjson.loads(resp.kvs[0].value))
+        raise NotFoundError(
+            f"namespace {ns!r} has no release at revision {revision}", namespace=ns, revision=revision
+        )
+
+    async def list(self, prefix: str = "") -> tuple[int, list[Release]]:
+        """All current releases whose namespace starts with ``prefix``, sorted by name, and the read revision."""
+        start = self.layout.docs_prefix + prefix.encode()
+        with etcd_errors("list namespaces"):
+            resp = await self._kv.get(start, range_end=prefix_range_end(start), timeout=self._timeout)
+        releases = [
+            Release.from_record(self.layout.ns_of_doc_key(kv.key), kv.mod_revision, orjson.loads(kv.value))
+            for kv in resp.kvs
+        ]
+        return int(resp.header.revision), sorted(releases, key=lambda r: r.ns)
+
+    async def history(self, ns: str, limit: int = 20, before: int | None = None) -> HistoryPage:
+        """Releases of ``ns`` newest first, those with revision < ``before`` when given."""
+        keys = [kv for kv in await self._history_keys(ns) if before is None or kv.mod_revision < before]
+        if not keys and before is None:
+            raise NotFoundError(f"namespace {ns!r} has no history", namespace=ns)
+        page = keys[-limit:][::-1]
+        entries = []
+        if page:
+            low, high = page[-1].key, page[0].key
+            with etcd_errors(f"read history of {ns}"):
+                resp = await self._kv.get(low, range_end=high + b"\0", timeout=self._timeout)
+            entries = [Release.from_record(ns, kv.mod_revision, orjson.loads(kv.value)) for kv in resp.kvs]
+            entries.sort(key=lambda r: r.revision, reverse=True)
+        more = len(keys) > limit
+        return HistoryPage(entries, entries[-1].revision if more and entries else None)
+
+    async def push(
+        self, ns: str, kind: str, doc: dict[str, Any], *, author: str = "", message: str = "",
+        if_match: int | None = None, op: Op = "push", from_revision: int | None = None,
+    ) -> Release:
+        """Write a new release of ``ns`` (see module contract for concurrency and If-Match)."""
+        def build(version: int) -> Release:
+            return Release(ns, 0, version, op, kind, doc, author, message, time.time(), from_revision)
+
+        return await self._write(ns, build, if_match=if_match, delete=False)
+
+    async def delete(self, ns: str, *, author: str = "", message: str = "", if_match: int | None = None) -> Release:
+        """Delete ``ns`` (its history stays and records the deletion); ``NotFoundError`` if absent."""
+        current = await self.get(ns)
+
+        def build(version: int) -> Release:
+            return Release(ns, 0, version, "delete", current.kind, None, author, message, time.time())
+
+        return await self._write(ns, build, if_match=if_match, delete=True)
+
+    async def rollback(
+        self, ns: str, to_revision: int, *, author: str = "", message: str = "", if_match: int | None = None,
+    ) -> Release:
+        """A new release whose content equals the release at ``to_revision`` (op ``rollback``)."""
+        target = await self.get_at(ns, to_revision)
+        if target.doc is None:
+            raise ConflictError(
+                f"revision {to_revision} of {ns!r} is a deletion; roll back to a push or rollback instead",
+                namespace=ns, revision=to_revision,
+            )
+        message = message or f"rollback to revision {to_revision}"
+        return await self.push(
+            ns, target.kind, target.doc, author=author, message=message, if_match=if_match,
+            op="rollback", from_revision=to_revision,
+        )
+
+    async def _write(self, ns: str, build: Any, *, if_match: int | None, delete: bool) -> Release:
+        attempts = 1 if if_match is not None else _CAS_ATTEMPTS
+        for _ in range(attempts):
+            current_rev, last_version = await self._write_guard(ns)
+            if if_match is not None and if_match != current_rev:
+                raise _stale(ns, if_match, current_rev)
+            release: Release = build(last_version + 1)
+            succeeded, revision = await self._commit(ns, release, current_rev, delete=delete)
+            if succeeded:
+                return Release.from_record(ns, revision, release.record())
+        if if_match is not None:
+            raise _stale(ns, if_match, None)
+        raise ConflictError(f"gave up writing {ns!r}: {attempts} concurrent writers won first", namespace=ns)
+
+    async def _write_guard(self, ns: str) -> tuple[int, int]:
+        """(mod_revision of docs/<ns> or 0, last history version or 0)."""
+        with etcd_errors(f"read {ns} before writing"):
+            doc = await self._kv.get(self.layout.doc_key(ns), keys_only=True, timeout=self._timeout)
+            start = self.layout.history_prefix(ns)
+            hist = await self._kv.get(
+                start, range_end=prefix_range_end(start), limit=1, keys_only=True,
+                sort_order=SortOrder.DESCEND, sort_target=SortTarget.KEY, timeout=self._timeout,
+            )
+        current = doc.kvs[0].mod_revision if doc.kvs else 0
+        version = self.layout.version_of_history_key(hist.kvs[0].key) if hist.kvs else 0
+        return current, version
+
+    async def _commit(self, ns: str, release: Release, current_rev: int, *, delete: bool) -> tuple[bool, int]:
+        kv = self._kv
+        doc_key = self.layout.doc_key(ns)
+        hist_key = self.layout.history_key(ns, release.version)
+        value = orjson.dumps(release.record())
+        compare = [
+            _compare_mod_revision(doc_key, current_rev),
+            kv.txn_compare_create_revision(hist_key, 0),
+        ]
+        first = kv.txn_op_delete(doc_key) if delete else kv.txn_op_put(doc_key, value)
+        with etcd_errors(f"write {ns}"):
+            resp = await kv.txn(compare, [first, kv.txn_op_put(hist_key, value)], timeout=self._timeout)
+        return bool(resp.succeeded), int(resp.header.revision)
+
+    async def _history_keys(self, ns: str) -> list[Any]:
+        start = self.layout.history_prefix(ns)
+        with etcd_errors(f"read history of {ns}"):
+            resp = await self._kv.get(start, range_end=prefix_range_end(start), keys_only=True, timeout=self._timeout)
+        return sorted(resp.kvs, key=lambda kv: kv.key)
+
+
+def _compare_mod_revision(key: bytes, revision: int) -> Any:
+    """etcd3aio has no helper for MOD compares; a missing key has mod_revision 0."""
+    return Compare(result=Compare.EQUAL, target=Compare.MOD, key=key, mod_revision=revision)
+
+
+def _stale(ns: str, expected: int, current: int | None) -> PreconditionFailedError:
+    now = f"; current revision is {current}" if current is not None else ""
+    return PreconditionFailedError(
+        f"If-Match revision {expected} of {ns!r} is stale{now}", namespace=ns, expected=expected, current=current
+    )

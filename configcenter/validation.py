@@ -1,0 +1,107 @@
+"""What a push must look like: the envelope, the document's JSON Schema, the route compiler.
+
+Schemas are the files in ``schemas/`` (the same ones the OpenAPI document
+references).  A route table is also compiled with the SDK's compiler, so the
+server refuses exactly what the SDK could not load (e.g. weights that do not
+sum to 100).  Violations are reported with JSONPath-style paths (``$.rules[0]``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from configcenter_sdk.errors import RouteTableError
+from configcenter_sdk.routing import compile_table
+
+from .errors import InvalidBodyError, SchemaViolationError
+from .model import KINDS
+
+SCHEMAS_ENV = "CONFIGCENTER_SCHEMAS_DIR"
+_SCHEMA_FILES = {"routes": "route-table.schema.json", "config": "config.schema.json"}
+_MAX_VIOLATIONS = 20
+
+
+def schemas_dir() -> Path:
+    """``$CONFIGCENTER_SCHEMAS_DIR`` or the repository's ``schemas/`` next to the package."""
+    configured = os.environ.get(SCHEMAS_ENV)
+    return Path(configured) if configured else Path(__file__).resolve().parent.parent / "schemas"
+
+
+@functools.cache
+def validator(kind: str) -> Draft202012Validator:
+    schema = orjson.loads((schemas_dir() / _SCHEMA_FILES[kind]).read_bytes())
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+@dataclass(frozen=True, slots=True)
+class PushRequest:
+    """A validated push envelope."""
+
+    kind: str
+    doc: dict[str, Any]
+    message: str
+    author: str
+
+
+def parse_envelope(data: Any) -> PushRequest:
+    """Check the envelope shape ``{kind, doc, message?, author?}``; raise ``InvalidBodyError`` if off."""
+    if not isinstance(data, dict):
+        raise InvalidBodyError("body must be a mapping {kind, doc, message?, author?}")
+    unknown = sorted(set(data) - {"kind", "doc", "message", "author"})
+    if unknown:
+        raise InvalidBodyError(f"unknown field(s) in body: {', '.join(map(str, unknown))}", fields=unknown)
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise InvalidBodyError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if not isinstance(data.get("doc"), dict):
+        raise InvalidBodyError("doc must be a mapping (the document to publish)")
+    for name in ("message", "author"):
+        if not isinstance(data.get(name, ""), str):
+            raise InvalidBodyError(f"{name} must be a string")
+    return PushRequest(kind, data["doc"], data.get("message", ""), data.get("author", ""))
+
+
+def validate_document(kind: str, doc: dict[str, Any]) -> None:
+    """Raise ``SchemaViolationError`` (422) listing every violated path, or return silently."""
+    violations = [_violation(e) for e in _sorted(validator(kind).iter_errors(doc))][:_MAX_VIOLATIONS]
+    if not violations and kind == "routes":
+        try:
+            compile_table(doc)
+        except RouteTableError as exc:
+            violations = [{"path": _path_of(str(exc)), "message": str(exc)}]
+    if violations:
+        first = violations[0]
+        raise SchemaViolationError(
+            f"{kind} document violates its schema at {first['path']}: {first['message']}", violations=violations
+        )
+
+
+def _sorted(errors: Iterable[ValidationError]) -> list[ValidationError]:
+    return sorted(errors, key=lambda e: [str(p) for p in e.absolute_path])
+
+
+def _violation(error: ValidationError) -> dict[str, str]:
+    return {"path": json_path(error.absolute_path), "message": error.message}
+
+
+def json_path(parts: Iterable[Any]) -> str:
+    """``['rules', 0, 'route']`` -> ``$.rules[0].route``."""
+    out = "$"
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _path_of(message: str) -> str:
+    start = message.find("$")
+    return message[start:].split()[0].rstrip(":,") if start >= 0 else "$"
