@@ -23,7 +23,7 @@ from . import errors
 from .codec import dump_json, parse_body
 from .diffing import structured_diff, unified_patch
 from .model import Release, validate_namespace, validate_prefix
-from .runtime import Runtime
+from .runtime import RUNTIME, Runtime
 from .validation import parse_envelope, validate_document
 
 log = logging.getLogger("configcenter.api")
@@ -56,7 +56,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def rt(request: web.Request) -> Runtime:
-    return request.app["runtime"]  # type: ignore[no-any-return]
+    return request.app[RUNTIME]
 
 
 def int_param(request: web.Request, name: str, default: int | None = None, minimum: int = 0) -> int | None:

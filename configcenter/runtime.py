@@ -81,12 +81,15 @@ class Runtime:
         }
 
 
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
 def create_app(settings: Settings) -> web.Application:
     from .api import add_routes, error_middleware
 
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.limits.max_body_bytes)
     runtime = Runtime(settings)
-    app["runtime"] = runtime
+    app[RUNTIME] = runtime
     add_routes(app)
 
     async def lifecycle(app: web.Application) -> Any:

@@ -17,6 +17,8 @@ Contract
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +31,7 @@ from ._etcd import KeyLayout, etcd_errors
 from .errors import ConflictError, NotFoundError, PreconditionFailedError
 from .model import Op, Release
 
-_CAS_ATTEMPTS = 5
+_CAS_ATTEMPTS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,7 @@ class Store:
             succeeded, revision = await self._commit(ns, release, current_rev, delete=delete)
             if succeeded:
                 return Release.from_record(ns, revision, release.record())
+            await asyncio.sleep(random.uniform(0, 0.005))  # de-synchronise competing writers
         if if_match is not None:
             raise _stale(ns, if_match, None)
         raise ConflictError(f"gave up writing {ns!r}: {attempts} concurrent writers won first", namespace=ns)

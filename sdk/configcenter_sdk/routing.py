@@ -1,0 +1,389 @@
+"""Route tables: compile once, evaluate per request.
+
+This is the one evaluator shared by the SDK, the server's route-evaluation endpoint
+and the CLI. A route table document (``schemas/route-table.schema.json``) is compiled
+by :func:`compile_table` into an immutable :class:`RouteTable`; ``table.route(headers)``
+then picks a cluster for one request.
+
+Semantics
+---------
+* Rules are tried in order; the first rule whose conditions all hold wins, else ``default``.
+* Header names are case-insensitive (lower-cased at compile time, and the incoming
+  names once per ``route()`` call); header *values* are compared case-sensitively.
+  If a mapping carries one name twice in different cases, the last one wins.
+* ``regex`` uses :func:`re.search` semantics: the pattern may match anywhere in the
+  value; anchor it with ``^...$`` for a full match.
+* ``invert`` negates a single header matcher's result, including when the header is
+  absent (``{exact: x, invert: true}`` holds for a missing header; ``{present: true,
+  invert: true}`` means "header absent").
+* ``percent: {header, value}`` holds when ``stable_bucket(header value, hash_seed) <
+  value``; a missing header never matches.
+* ``weighted`` routes walk the cumulative weights with a bucket in 0..99: the stable
+  bucket of the ``hash_on`` header when given and present, else ``random.random() * 100``.
+
+The stable hash is keyed BLAKE2b (see :func:`stable_bucket`), identical across
+processes, Python versions and restarts. ``route()`` returns pre-built
+:class:`RouteDecision` objects, so evaluation allocates only the lower-cased header
+dict (and, for hashing, the encoded value).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from bisect import bisect_right
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from operator import methodcaller
+from typing import Any
+
+from configcenter_sdk.errors import RouteTableError
+
+__all__ = [
+    "DEFAULT_HASH_SEED",
+    "ClusterRoute",
+    "HeaderMatcher",
+    "PercentMatcher",
+    "Route",
+    "RouteDecision",
+    "RouteTable",
+    "Rule",
+    "WeightedRoute",
+    "compile_table",
+    "stable_bucket",
+]
+
+DEFAULT_HASH_SEED = "configcenter"
+DEFAULT_RULE_ID = "default"
+
+_SERVICE_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_RULE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_CLUSTER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_HEADER_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+_SEED_RE = re.compile(r"[\x20-\x7e]{1,64}")
+_MATCHER_KINDS = ("exact", "prefix", "suffix", "regex", "present")
+_from_bytes = int.from_bytes
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def _hasher(seed: str) -> Any:
+    return hashlib.blake2b(digest_size=8, key=seed.encode())
+
+
+def _bucket(proto: Any, value: str) -> int:
+    h = proto.copy()
+    try:
+        h.update(value.encode())
+    except UnicodeEncodeError:  # lone surrogates: hash their raw code units instead of failing
+        h.update(value.encode("utf-8", "surrogatepass"))
+    return _from_bytes(h.digest(), "big") % 100
+
+
+def stable_bucket(value: str, seed: str = DEFAULT_HASH_SEED) -> int:
+    """Return a bucket in 0..99 for *value*, stable across processes and versions.
+
+    ``int.from_bytes(blake2b(utf8(value), digest_size=8, key=utf8(seed)).digest(), "big") % 100``.
+    *seed* is 1..64 printable ASCII characters (the table's ``hash_seed``).
+    """
+    return _bucket(_hasher(seed), value)
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """The result of routing one request."""
+
+    cluster: str
+    rule_id: str
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMatcher:
+    """One header condition; ``kind`` is exact|prefix|suffix|regex|present."""
+
+    name: str
+    kind: str
+    value: str | bool
+    invert: bool
+    # evaluation helpers (precomputed at compile time)
+    test: Callable[[str], object]  # raw result when the header is present
+    on_absent: bool  # raw result when the header is missing
+    want: bool  # ``not invert``
+
+
+@dataclass(frozen=True, slots=True)
+class PercentMatcher:
+    """``stable_bucket(header value) < value``; a missing header never matches."""
+
+    header: str
+    value: int
+    hasher: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterRoute:
+    """Send everything to one cluster."""
+
+    cluster: str
+    decision: RouteDecision
+
+    def pick(self, headers: Mapping[str, str]) -> RouteDecision:
+        return self.decision
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedRoute:
+    """Split between clusters by weight (percent, summing to 100)."""
+
+    clusters: tuple[str, ...]
+    weights: tuple[int, ...]
+    hash_on: str | None
+    cumulative: tuple[int, ...]
+    decisions: tuple[RouteDecision, ...]
+    hasher: Any
+
+    def pick(self, headers: Mapping[str, str]) -> RouteDecision:
+        value = headers.get(self.hash_on) if self.hash_on is not None else None
+        point: float = random.random() * 100 if value is None else _bucket(self.hasher, value)
+        return self.decisions[bisect_right(self.cumulative, point)]
+
+
+Route = ClusterRoute | WeightedRoute
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A compiled rule: all header matchers and the percent condition must hold."""
+
+    id: str
+    headers: tuple[HeaderMatcher, ...]
+    percent: PercentMatcher | None
+    route: Route
+
+
+# Flattened evaluation plan (tuples unpack faster than slot attribute lookups):
+# a condition is (name, test, on_absent, want); a step is
+# (conditions, (percent header, limit, hasher) | None, pre-built decision | weighted pick).
+_Cond = tuple[str, Callable[[str], object], bool, bool]
+_Percent = tuple[str, int, Any]
+_Pick = Callable[[Mapping[str, str]], RouteDecision]
+_Step = tuple[tuple[_Cond, ...], _Percent | None, RouteDecision | _Pick]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    """An immutable compiled route table (build it with :func:`compile_table`).
+
+    ``revision`` is baked into the pre-built decisions: recompile (don't ``dataclasses.replace``)
+    to change it.
+    """
+
+    service: str
+    revision: int
+    rules: tuple[Rule, ...]
+    default: Route
+    hash_seed: str = DEFAULT_HASH_SEED
+    _plan: tuple[_Step, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        plan = (*(_step(r.headers, r.percent, r.route) for r in self.rules), _step((), None, self.default))
+        object.__setattr__(self, "_plan", plan)  # frozen: set once, here
+
+    def route(self, headers: Mapping[str, str]) -> RouteDecision:
+        """Pick the route for a request with these headers (names case-insensitive)."""
+        h = {k.lower(): v for k, v in headers.items()} if headers else {}
+        get = h.get
+        for conds, percent, target in self._plan:
+            for name, test, on_absent, want in conds:
+                v = get(name)
+                # the (possibly inverted) result must equal ``want``
+                if (not (on_absent if v is None else test(v))) is want:
+                    break
+            else:
+                if percent is not None:
+                    v = get(percent[0])
+                    if v is None or _bucket(percent[2], v) >= percent[1]:
+                        continue
+                return target if isinstance(target, RouteDecision) else target(h)
+        raise AssertionError("unreachable: the plan ends with the default route")
+
+
+def _step(conds: tuple[HeaderMatcher, ...], percent: PercentMatcher | None, route: Route) -> _Step:
+    plan_conds = tuple((m.name, m.test, m.on_absent, m.want) for m in conds)
+    plan_percent = None if percent is None else (percent.header, percent.value, percent.hasher)
+    target = route.decision if isinstance(route, ClusterRoute) else route.pick
+    return plan_conds, plan_percent, target
+
+
+def _always(value: str) -> bool:
+    return True
+
+
+def _never(value: str) -> bool:
+    return False
+
+
+# --------------------------------------------------------------------------- compiler
+
+
+def _fail(path: str, message: str) -> RouteTableError:
+    return RouteTableError(f"{path}: {message}")
+
+
+def _mapping(value: object, path: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _fail(path, f"must be an object, got {type(value).__name__}")
+    for key in value:
+        if key not in allowed:
+            raise _fail(f"{path}.{key}", f"unknown field (allowed: {', '.join(allowed)})")
+    return value
+
+
+def _string(value: object, path: str, pattern: re.Pattern[str] | None = None) -> str:
+    if not isinstance(value, str):
+        raise _fail(path, f"must be a string, got {type(value).__name__}")
+    if pattern is not None and not pattern.fullmatch(value):
+        raise _fail(path, f"{value!r} does not match {pattern.pattern}")
+    return value
+
+
+def _bool(value: object, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(path, f"must be a boolean, got {type(value).__name__}")
+    return value
+
+
+def _int(value: object, path: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(path, f"must be an integer, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise _fail(path, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _list(value: object, path: str) -> list[Any]:
+    if not isinstance(value, list | tuple):
+        raise _fail(path, f"must be a list, got {type(value).__name__}")
+    return list(value)
+
+
+def _compile_header(raw: object, path: str) -> HeaderMatcher:
+    spec = _mapping(raw, path, ("name", "invert", *_MATCHER_KINDS))
+    if "name" not in spec:
+        raise _fail(f"{path}.name", "is required")
+    name = _string(spec["name"], f"{path}.name", _HEADER_RE).lower()
+    invert = _bool(spec.get("invert", False), f"{path}.invert")
+    kinds = [k for k in _MATCHER_KINDS if k in spec]
+    if len(kinds) != 1:
+        raise _fail(path, f"needs exactly one of {'|'.join(_MATCHER_KINDS)}, got {kinds or 'none'}")
+    kind = kinds[0]
+    vpath = f"{path}.{kind}"
+    test: Callable[[str], object]
+    if kind == "present":
+        value: str | bool = _bool(spec[kind], vpath)
+        test, on_absent = (_always if value else _never), not value
+    else:
+        value = _string(spec[kind], vpath)
+        test, on_absent = _string_test(kind, value, vpath), False
+    return HeaderMatcher(name, kind, value, invert, test, on_absent, not invert)
+
+
+def _string_test(kind: str, value: str, path: str) -> Callable[[str], object]:
+    if kind == "exact":
+        return value.__eq__
+    if kind == "prefix":
+        return methodcaller("startswith", value)
+    if kind == "suffix":
+        return methodcaller("endswith", value)
+    try:
+        return re.compile(value).search
+    except re.error as exc:
+        raise _fail(path, f"invalid regular expression: {exc}") from None
+
+
+def _compile_match(raw: object, path: str, seed: str) -> tuple[tuple[HeaderMatcher, ...], PercentMatcher | None]:
+    spec = _mapping(raw, path, ("headers", "percent"))
+    hpath = f"{path}.headers"
+    headers = tuple(_compile_header(h, f"{hpath}[{i}]") for i, h in enumerate(_list(spec.get("headers", []), hpath)))
+    percent = None
+    if "percent" in spec:
+        ppath = f"{path}.percent"
+        pspec = _mapping(spec["percent"], ppath, ("header", "value"))
+        for key in ("header", "value"):
+            if key not in pspec:
+                raise _fail(f"{ppath}.{key}", "is required")
+        header = _string(pspec["header"], f"{ppath}.header", _HEADER_RE).lower()
+        percent = PercentMatcher(header, _int(pspec["value"], f"{ppath}.value", 0, 100), _hasher(seed))
+    return headers, percent
+
+
+def _compile_route(raw: object, path: str, rule_id: str, revision: int, seed: str) -> Route:
+    spec = _mapping(raw, path, ("cluster", "weighted", "hash_on"))
+    if ("cluster" in spec) == ("weighted" in spec):
+        raise _fail(path, "needs exactly one of cluster|weighted")
+    if "cluster" in spec:
+        if "hash_on" in spec:
+            raise _fail(f"{path}.hash_on", "only allowed with weighted")
+        cluster = _string(spec["cluster"], f"{path}.cluster", _CLUSTER_RE)
+        return ClusterRoute(cluster, RouteDecision(cluster, rule_id, revision))
+    wpath = f"{path}.weighted"
+    items = _list(spec["weighted"], wpath)
+    if not items:
+        raise _fail(wpath, "must list at least one cluster")
+    clusters: list[str] = []
+    weights: list[int] = []
+    for i, item in enumerate(items):
+        ipath = f"{wpath}[{i}]"
+        entry = _mapping(item, ipath, ("cluster", "weight"))
+        for key in ("cluster", "weight"):
+            if key not in entry:
+                raise _fail(f"{ipath}.{key}", "is required")
+        clusters.append(_string(entry["cluster"], f"{ipath}.cluster", _CLUSTER_RE))
+        weights.append(_int(entry["weight"], f"{ipath}.weight", 0, 100))
+    if sum(weights) != 100:
+        raise _fail(wpath, f"weights must sum to 100, got {sum(weights)}")
+    hash_on = None
+    if "hash_on" in spec:
+        hash_on = _string(spec["hash_on"], f"{path}.hash_on", _HEADER_RE).lower()
+    cumulative = tuple(sum(weights[: i + 1]) for i in range(len(weights)))
+    decisions = tuple(RouteDecision(c, rule_id, revision) for c in clusters)
+    return WeightedRoute(tuple(clusters), tuple(weights), hash_on, cumulative, decisions, _hasher(seed))
+
+
+def _compile_rule(raw: object, path: str, revision: int, seed: str, seen: set[str]) -> Rule:
+    spec = _mapping(raw, path, ("id", "match", "route"))
+    for key in ("id", "route"):
+        if key not in spec:
+            raise _fail(f"{path}.{key}", "is required")
+    rule_id = _string(spec["id"], f"{path}.id", _RULE_ID_RE)
+    if rule_id == DEFAULT_RULE_ID:
+        raise _fail(f"{path}.id", f"{DEFAULT_RULE_ID!r} is reserved for the default route")
+    if rule_id in seen:
+        raise _fail(f"{path}.id", f"duplicate rule id {rule_id!r}")
+    seen.add(rule_id)
+    headers, percent = _compile_match(spec.get("match", {}), f"{path}.match", seed)
+    route = _compile_route(spec["route"], f"{path}.route", rule_id, revision, seed)
+    return Rule(rule_id, headers, percent, route)
+
+
+def compile_table(doc: Mapping[str, Any], revision: int = 0) -> RouteTable:
+    """Validate a route table document and compile it; raise RouteTableError naming the JSON path."""
+    spec = _mapping(doc, "$", ("service", "hash_seed", "rules", "default"))
+    for key in ("service", "default"):
+        if key not in spec:
+            raise _fail(f"$.{key}", "is required")
+    service = _string(spec["service"], "$.service", _SERVICE_RE)
+    seed = _string(spec.get("hash_seed", DEFAULT_HASH_SEED), "$.hash_seed", _SEED_RE)
+    seen: set[str] = set()
+    rules = tuple(
+        _compile_rule(r, f"$.rules[{i}]", revision, seed, seen)
+        for i, r in enumerate(_list(spec.get("rules", []), "$.rules"))
+    )
+    default = _compile_route(spec["default"], "$.default", DEFAULT_RULE_ID, revision, seed)
+    return RouteTable(service, revision, rules, default, seed)
