@@ -117,7 +117,7 @@ class Mirror:
     # -- the loop ---------------------------------------------------------
     async def _run(self) -> None:
         attempt = 0
-        need_list = True
+        need_list = not self.ready.is_set()  # a restarted mirror resumes its watch
         while True:
             try:
                 if need_list:
@@ -127,7 +127,6 @@ class Mirror:
                 await self._watch()
             except Compacted:
                 need_list = True
-                self.metrics.inc("configcenter_mirror_resyncs_total")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any etcd failure means: back off, retry
@@ -166,6 +165,7 @@ class Mirror:
             self._load_initial(listed, revision)
             return
         log.warning("resyncing: resume point %d was compacted; re-listed at %d", self.applied_revision, revision)
+        self.metrics.inc("configcenter_mirror_resyncs_total")
         self._publish(self._diff_against(listed, revision), revision)
 
     def _load_initial(self, listed: dict[str, Any], revision: int) -> None:

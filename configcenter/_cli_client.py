@@ -1,0 +1,282 @@
+"""HTTP side of the CLI: one request helper, the SSE reader, and the error-to-exit-code mapping.
+
+Every failure becomes a :class:`CliError` carrying the process exit code, so
+the command functions never decide exit codes themselves:
+
+* 1 — the server answered with an error (message taken from its JSON body);
+* 2 — usage or local input error (raised by the CLI before any request);
+* 3 — the server could not be reached (connection refused, DNS, timeout);
+* 4 — precondition failed (HTTP 412): someone else wrote first, retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from . import _cli_output as out
+
+EXIT_OK = 0
+EXIT_SERVER_ERROR = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_PRECONDITION = 4
+
+#: Errors that mean "no usable answer from the server" (exit 3), not "the server said no".
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectionError,
+    aiohttp.ClientPayloadError,
+    TimeoutError,
+    OSError,
+)
+
+
+class CliError(Exception):
+    """A one-line error for stderr and the exit code the process ends with."""
+
+    def __init__(self, message: str, code: int = EXIT_SERVER_ERROR) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def usage_error(message: str) -> CliError:
+    return CliError(message, EXIT_USAGE)
+
+
+@dataclass(frozen=True, slots=True)
+class SseEvent:
+    """One Server-Sent Event: ``event`` name, ``id`` (a revision, if any) and decoded ``data``."""
+
+    event: str
+    id: int | None
+    data: Any
+
+
+@dataclass
+class Client:
+    """Talks to one configcenter server; use as ``async with Client(...) as client``."""
+
+    server: str
+    token: str | None = None
+    timeout: float | None = None
+    _session: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
+
+    async def __aenter__(self) -> Client:
+        self._session = aiohttp.ClientSession(headers=self._auth_headers())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("Client used outside 'async with'")
+        return self._session
+
+    def url(self, path: str) -> str:
+        return self.server.rstrip("/") + path
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        if_revision: int | None = None,
+    ) -> Any:
+        """Send one request and return the decoded JSON answer; raise :class:`CliError` on any failure."""
+        headers = {"Accept": "application/json"}
+        if if_revision is not None:
+            headers["If-Match"] = str(if_revision)
+        data = None
+        if body is not None:
+            data = orjson.dumps(body)
+            headers["Content-Type"] = "application/json"
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        try:
+            async with self.session.request(
+                method, self.url(path), params=params, data=data, headers=headers, timeout=timeout
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except NETWORK_ERRORS as exc:
+            raise self.unreachable(exc) from exc
+        if status >= 400:
+            raise http_error(status, raw)
+        return decode_json(raw, status)
+
+    def unreachable(self, exc: BaseException) -> CliError:
+        reason = str(exc) or exc.__class__.__name__
+        if isinstance(exc, TimeoutError):
+            reason = f"no answer within {self.timeout}s"
+        return CliError(f"cannot reach server at {self.server}: {reason}", EXIT_UNREACHABLE)
+
+    async def events(
+        self, params: list[tuple[str, str]], last_event_id: int | None
+    ) -> AsyncIterator[SseEvent]:
+        """Open ``GET /v1/watch`` once and yield its events until the server closes the stream."""
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout or 10)
+        async with self.session.get(self.url("/v1/watch"), params=params, headers=headers, timeout=timeout) as resp:
+            if resp.status >= 400:
+                raise http_error(resp.status, await resp.read())
+            async for event in parse_sse(resp.content):
+                yield event
+
+
+def http_error(status: int, raw: bytes) -> CliError:
+    """``error: <server message> (HTTP <status>)``; 412 maps to exit 4, everything else to 1."""
+    message = ""
+    try:
+        body = orjson.loads(raw)
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            message = str(body["error"].get("message", ""))
+    except orjson.JSONDecodeError:
+        message = raw.decode("utf-8", errors="replace").strip().splitlines()[0] if raw.strip() else ""
+    message = message or "request failed"
+    code = EXIT_PRECONDITION if status == 412 else EXIT_SERVER_ERROR
+    return CliError(f"{message} (HTTP {status})", code)
+
+
+def decode_json(raw: bytes, status: int) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CliError(f"server answered HTTP {status} with a body that is not JSON") from exc
+
+
+async def parse_sse(stream: aiohttp.StreamReader) -> AsyncIterator[SseEvent]:
+    """Decode a ``text/event-stream`` body: ``event:``/``id:``/``data:`` lines, blank line = dispatch."""
+    event: str = "message"
+    event_id: int | None = None
+    data: list[str] = []
+    async for raw_line in stream:
+        line = raw_line.decode("utf-8", errors="replace").rstrip("\r\n")
+        if not line:
+            if data:
+                yield SseEvent(event, event_id, _decode_data("\n".join(data)))
+            event, event_id, data = "message", None, []
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+        elif name == "id" and value.isdigit():
+            event_id = int(value)
+
+
+def _decode_data(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+async def backoff_sleep(attempt: int, initial: float = 0.2, maximum: float = 5.0) -> None:
+    """Exponential backoff with full jitter before reconnect number ``attempt`` (1, 2, …)."""
+    await asyncio.sleep(random.uniform(0, min(maximum, initial * 2 ** (attempt - 1))))
+
+
+# --------------------------------------------------------------------------- watch
+
+
+@dataclass
+class WatchOptions:
+    selectors: list[str]
+    since: int | None = None
+    count: int | None = None
+    verbose: bool = False
+    json: bool = False
+    timeout: float | None = None
+
+
+@dataclass
+class WatchState:
+    """What survives a reconnect: the resume point and how many changes are still wanted."""
+
+    last_id: int | None
+    remaining: int | None
+    seen: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.remaining is not None and self.seen >= self.remaining
+
+
+async def watch(client: Client, options: WatchOptions) -> int:
+    """Tail ``/v1/watch`` until Ctrl-C, ``--count`` changes, or ``--timeout`` (exit 1 if the count is short)."""
+    state = WatchState(options.since, options.count)
+    try:
+        await asyncio.wait_for(_watch_loop(client, options, state), options.timeout)
+    except TimeoutError:
+        if options.count is not None and not state.done:
+            raise CliError(f"watch timed out after {options.timeout:g}s with {state.seen} of "
+                           f"{options.count} changes") from None
+    except asyncio.CancelledError:  # Ctrl-C while waiting: a normal way to stop watching
+        pass
+    return EXIT_OK
+
+
+async def _watch_loop(client: Client, options: WatchOptions, state: WatchState) -> None:
+    params = [("ns", s) for s in options.selectors]
+    connected, attempt = False, 0
+    while not state.done:
+        first = params + ([("since", str(state.last_id))] if state.last_id is not None and not connected else [])
+        try:
+            async for event in client.events(first, state.last_id if connected else None):
+                connected, attempt = True, 0
+                _handle_event(event, options, state)
+                if state.done:
+                    return
+            reason = "the server closed the stream"
+        except NETWORK_ERRORS as exc:
+            if not connected:
+                raise client.unreachable(exc) from exc
+            reason = str(exc) or exc.__class__.__name__
+        attempt += 1
+        _note(f"watch: connection lost ({reason}); reconnecting from revision {state.last_id}")
+        await backoff_sleep(attempt)
+
+
+def _handle_event(event: SseEvent, options: WatchOptions, state: WatchState) -> None:
+    data = event.data if isinstance(event.data, dict) else {}
+    if event.event == "change" and event.id is not None and state.last_id is not None and event.id <= state.last_id:
+        return  # duplicate after a reconnect
+    if event.id is not None:
+        state.last_id = event.id
+    if event.event == "progress" and not options.verbose:
+        return
+    if event.event == "change":
+        state.seen += 1
+    if options.json:
+        print(orjson.dumps({"event": event.event, "id": event.id, "data": event.data}).decode(), flush=True)
+    elif event.event == "change":
+        print(out.change_line(data), flush=True)
+    elif event.event == "reset":
+        print(out.reset_line(data), flush=True)
+    elif event.event == "progress":
+        print(out.progress_line(data), flush=True)
+    elif event.event == "invalid":
+        _note(f"watch: {data.get('ns')} at revision {data.get('revision')} is unreadable: {data.get('error')}")
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,108 @@
+"""What the CLI prints: plain tables for people, the server's JSON for scripts, YAML documents.
+
+Every function returns text (no printing here), so the commands stay easy to
+test and the output format lives in one place.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from .codec import dump_yaml
+
+MAX_CELL = 60
+
+
+def to_json(data: Any, *, pretty: bool = True) -> str:
+    """One JSON document (indented by default), as the server sent it."""
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2 if pretty else 0).decode()
+
+
+def iso_time(epoch: float | int | None) -> str:
+    """``2024-05-01T12:00:00Z`` (UTC, seconds), or ``-`` for an unknown time."""
+    if not epoch:
+        return "-"
+    moment = dt.datetime.fromtimestamp(float(epoch), tz=dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cell(value: Any) -> str:
+    """One table cell: single line, shortened with an ellipsis when long, ``-`` when empty."""
+    text = "-" if value is None or value == "" else str(value)
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces; the last column is not padded."""
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        padded = [v.ljust(w) for v, w in zip(values[:-1], widths[:-1], strict=True)]
+        return "  ".join([*padded, values[-1]]).rstrip()
+
+    return "\n".join([line(list(headers)), *(line(r) for r in cells)])
+
+
+def namespaces_table(items: Sequence[Mapping[str, Any]]) -> str:
+    rows = [[i["ns"], i.get("kind"), i.get("revision"), i.get("version"), i.get("author"), i.get("message")]
+            for i in items]
+    return table(["NS", "KIND", "REVISION", "VERSION", "AUTHOR", "MESSAGE"], rows)
+
+
+def op_label(entry: Mapping[str, Any]) -> str:
+    """``push``, ``delete`` or ``rollback from R``."""
+    op = str(entry.get("op", ""))
+    if op == "rollback" and entry.get("from_revision") is not None:
+        return f"rollback from {entry['from_revision']}"
+    return op
+
+
+def history_table(entries: Sequence[Mapping[str, Any]]) -> str:
+    rows = [[e.get("revision"), e.get("version"), op_label(e), e.get("author"), iso_time(e.get("time")),
+             e.get("message")] for e in entries]
+    return table(["REVISION", "VERSION", "OP", "AUTHOR", "TIME", "MESSAGE"], rows)
+
+
+def release_header(release: Mapping[str, Any]) -> str:
+    """``# NS revision R version V kind K`` (plus ``op delete`` for a deletion)."""
+    head = (f"# {release.get('ns')} revision {release.get('revision')} version {release.get('version')} "
+            f"kind {release.get('kind')}")
+    if release.get("op") == "delete":
+        head += " op delete (no document)"
+    return head
+
+
+def document(doc: Any, fmt: str) -> str:
+    """The document alone, as YAML (block style, document key order) or indented JSON."""
+    if doc is None:
+        return ""
+    if fmt == "json":
+        return to_json(doc) + "\n"
+    return dump_yaml(doc)
+
+
+def change_line(data: Mapping[str, Any]) -> str:
+    """``REVISION NS OP (version V) message`` for one watch ``change`` event."""
+    line = f"{data.get('revision')} {data.get('ns')} {op_label(data)} (version {data.get('version')})"
+    message = " ".join(str(data.get("message") or "").split())
+    return f"{line} {message}" if message else line
+
+
+def reset_line(data: Mapping[str, Any]) -> str:
+    namespaces = data.get("namespaces") or {}
+    return f"reset at {data.get('revision')}: {len(namespaces)} namespaces"
+
+
+def progress_line(data: Mapping[str, Any]) -> str:
+    line = f"progress at {data.get('revision')}"
+    return f"{line} (stale {data.get('stale_seconds')}s)" if data.get("stale") else line
+
+
+def route_line(decision: Mapping[str, Any]) -> str:
+    return f"cluster {decision.get('cluster')} (rule {decision.get('rule_id')}, revision {decision.get('revision')})"

@@ -1,0 +1,231 @@
+"""The change pipeline end to end: etcd -> mirror -> hub -> SSE subscriber, on real sockets.
+
+Covers ordering and exactly-once delivery (API pushes, multi-key etcd
+transactions, etcdctl writes), resume by Last-Event-ID from the ring or via a
+reset, the mirror's own reconnects, compaction resync, etcd outages and slow
+subscribers.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from helpers import RunningServer, SSEEvent, SSEStream, envelope, eventually
+
+from configcenter._etcd import KeyLayout
+from configcenter.settings import Limits
+
+
+@asynccontextmanager
+async def subscribe(http: aiohttp.ClientSession, server: RunningServer, *selectors: str,
+                    last_event_id: int | None = None) -> AsyncIterator[SSEStream]:
+    params = [("ns", s) for s in selectors]
+    headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+    async with http.get(f"{server.url}/v1/watch", params=params, headers=headers) as resp:
+        assert resp.status == 200 and resp.content_type == "text/event-stream"
+        yield SSEStream(resp)
+
+
+async def push(http: aiohttp.ClientSession, server: RunningServer, ns: str, doc: dict[str, Any]) -> dict[str, Any]:
+    async with http.put(f"{server.url}/v1/namespaces/{ns}", json=envelope(doc), headers=server.auth()) as resp:
+        assert resp.status in (200, 201), await resp.text()
+        return await resp.json()  # type: ignore[no-any-return]
+
+
+def assert_exactly_once_in_order(events: list[SSEEvent]) -> None:
+    revisions = [e.id for e in events]
+    assert revisions == sorted(revisions), revisions
+    keys = [(e.data["ns"], e.id) for e in events]
+    assert len(keys) == len(set(keys)), "duplicate change delivered"
+
+
+async def test_first_event_is_a_reset_snapshot(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    first = await push(http, server, "app/a", {"v": 1})
+    await push(http, server, "other/b", {"v": 1})
+    async with subscribe(http, server, "app/") as stream:
+        reset = await stream.next()
+    assert reset.event == "reset" and reset.id is not None and reset.id >= first["revision"]
+    assert list(reset.data["namespaces"]) == ["app/a"]
+
+
+async def test_every_change_once_in_order_including_txn_and_etcdctl(
+    server: RunningServer, http: aiohttp.ClientSession,
+) -> None:
+    layout = KeyLayout(server.prefix)
+    async with subscribe(http, server, "svc/", "single/one") as stream:
+        await stream.next()  # reset
+        pushed = [await push(http, server, f"svc/n{i % 3}", {"i": i}) for i in range(6)]
+        await push(http, server, "ignored/ns", {"x": 1})
+        record = {"version": 1, "op": "push", "kind": "config", "doc": {"txn": True}, "time": 0}
+        kv = server.runtime.client.kv
+        assert kv is not None
+        txn = await kv.txn([], [kv.txn_op_put(layout.doc_key("svc/t1"), orjson.dumps(record)),
+                                kv.txn_op_put(layout.doc_key("svc/t2"), orjson.dumps(record))])
+        server.etcd.ctl("put", layout.doc_key("single/one").decode(), orjson.dumps(record).decode())
+        events = await stream.changes(9)
+    assert_exactly_once_in_order(events)
+    assert [e.id for e in events[:6]] == [p["revision"] for p in pushed]
+    assert {(e.data["ns"], e.id) for e in events[6:8]} == {("svc/t1", txn.header.revision),
+                                                            ("svc/t2", txn.header.revision)}
+    assert events[8].data["ns"] == "single/one"
+    assert events[3].data["prev_revision"] == pushed[0]["revision"]  # n0's previous change
+
+
+async def test_resume_from_ring_gets_exactly_the_missed_changes(
+    server: RunningServer, http: aiohttp.ClientSession,
+) -> None:
+    async with subscribe(http, server, "r/") as stream:
+        last_seen = (await stream.next()).id
+    pushed = [await push(http, server, f"r/n{i % 5}", {"i": i}) for i in range(50)]
+    async with subscribe(http, server, "r/", last_event_id=last_seen) as stream:
+        events = await stream.changes(50)
+        extra = await stream.next(timeout=2)
+    assert [e.id for e in events] == [p["revision"] for p in pushed]
+    assert extra.event == "progress", "nothing beyond the 50 missed changes"
+
+
+async def test_resume_below_the_ring_gets_one_reset(make_server: Any, http: aiohttp.ClientSession) -> None:
+    server = await make_server(limits=Limits(max_body_bytes=65536, subscriber_queue=256, history_ring=10))
+    async with subscribe(http, server) as stream:
+        last_seen = (await stream.next()).id
+    for i in range(50):
+        await push(http, server, f"r/n{i % 5}", {"i": i})
+    async with subscribe(http, server, last_event_id=last_seen) as stream:
+        first = await stream.next()
+        second = await stream.next(timeout=2)
+    assert first.event == "reset"
+    assert {ns: d["doc"]["i"] for ns, d in first.data["namespaces"].items()} == {f"r/n{k}": 45 + k for k in range(5)}
+    assert second.event == "progress" and second.id == first.id
+
+
+async def test_mirror_reconnect_loses_and_duplicates_nothing(
+    server: RunningServer, http: aiohttp.ClientSession,
+) -> None:
+    async with subscribe(http, server, "m/") as stream:
+        await stream.next()
+        pushed = []
+        for i in range(30):
+            if i % 7 == 0:
+                server.runtime.mirror.drop_connection()
+            pushed.append(await push(http, server, f"m/n{i % 4}", {"i": i}))
+        events = await stream.changes(30)
+    assert [e.id for e in events] == [p["revision"] for p in pushed]
+    assert server.runtime.metrics.values["configcenter_watch_reconnects_total"] >= 4
+
+
+async def test_invalid_record_is_reported_and_mirror_keeps_going(
+    server: RunningServer, http: aiohttp.ClientSession,
+) -> None:
+    key = KeyLayout(server.prefix).doc_key("bad/rec").decode()
+    async with subscribe(http, server, "bad/") as stream:
+        await stream.next()
+        server.etcd.ctl("put", key, "not json at all")
+        invalid = await stream.until(lambda e: e.event == "invalid")
+        good = await push(http, server, "bad/rec", {"fixed": True})
+        change = (await stream.changes(1))[0]
+    assert "bad/rec" == invalid[-1].data["ns"]
+    assert change.id == good["revision"] and change.data["doc"] == {"fixed": True}
+    assert server.runtime.metrics.values["configcenter_invalid_records_total"] == 1
+
+
+async def test_progress_advances_applied_revision_when_quiet(
+    server: RunningServer, http: aiohttp.ClientSession,
+) -> None:
+    await push(http, server, "q/ns", {"v": 1})
+    server.etcd.ctl("put", "/unrelated/key", "moves the etcd revision only")
+    target = await server.runtime.store.current_revision()
+    await eventually(lambda: server.runtime.mirror.applied_revision >= target, timeout=5)
+    async with subscribe(http, server, "q/") as stream:
+        events = await stream.until(lambda e: e.event == "progress", timeout=5)
+    assert events[-1].id is not None and events[-1].id >= target
+
+
+@pytest.mark.slow
+async def test_compaction_resync_converges_to_etcd(
+    make_server: Any, own_etcd: Any, http: aiohttp.ClientSession,
+) -> None:
+    server = await make_server(cluster=own_etcd)
+    for ns in ("c/keep", "c/update", "c/delete"):
+        await push(http, server, ns, {"v": 1})
+    async with subscribe(http, server, "c/") as stream:
+        await stream.next()
+        mirror = server.runtime.mirror
+        await mirror.stop()  # pause the watch while etcd moves on and compacts
+        store = server.runtime.store
+        await store.push("c/update", "config", {"v": 2})
+        await store.push("c/update", "config", {"v": 3})
+        await store.delete("c/delete")
+        created = await store.push("c/new", "config", {"v": 1})
+        own_etcd.ctl("compact", str(created.revision))
+        mirror.start()
+        events = await stream.changes(3, timeout=10)
+    assert server.runtime.metrics.values["configcenter_mirror_resyncs_total"] >= 1
+    by_ns = {e.data["ns"]: e.data for e in events}
+    assert by_ns["c/update"]["doc"] == {"v": 3} and by_ns["c/delete"]["op"] == "delete"
+    assert by_ns["c/new"]["doc"] == {"v": 1}
+    _, releases = await server.runtime.store.list("c/")
+    assert {r.ns: r.doc for r in releases} == {ns: r.doc for ns, r in server.runtime.mirror.state.items()}
+
+
+@pytest.mark.slow
+async def test_etcd_outage_streams_stay_open_and_catch_up(
+    make_server: Any, own_etcd: Any, http: aiohttp.ClientSession,
+) -> None:
+    server = await make_server(cluster=own_etcd)
+    await push(http, server, "o/ns", {"v": 1})
+    async with subscribe(http, server, "o/") as stream:
+        await stream.next()
+        own_etcd.members[0].stop()
+        stale = await stream.until(lambda e: e.event == "progress" and e.data["stale"], timeout=10)
+        async with http.get(f"{server.url}/v1/namespaces/o/ns") as resp:
+            assert resp.status == 200 and "X-Configcenter-Stale" in resp.headers
+        async with http.put(f"{server.url}/v1/namespaces/o/ns", json=envelope({"v": 2}),
+                            headers=server.auth()) as resp:
+            assert resp.status == 503
+        own_etcd.members[0].start()
+        own_etcd.members[0].wait_ready()
+        await eventually(lambda: server.runtime.mirror.connected, timeout=10)
+        pushed = await push(http, server, "o/ns", {"v": 3})
+        change = (await stream.changes(1, timeout=10))[0]
+    assert stale[-1].data["stale_seconds"] > 0
+    assert change.id == pushed["revision"] and change.data["doc"] == {"v": 3}
+
+
+def small_receive_buffer(addr_info: Any) -> socket.socket:
+    """A client socket with a tiny, fixed receive window: the kernel cannot absorb the backlog."""
+    family, type_, proto, _, _ = addr_info
+    sock = socket.socket(family, type_, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return sock
+
+
+@pytest.mark.slow
+async def test_a_subscriber_that_never_reads_stays_bounded(make_server: Any, http: aiohttp.ClientSession) -> None:
+    server = await make_server(limits=Limits(max_body_bytes=65536, subscriber_queue=8, history_ring=1000))
+    connector = aiohttp.TCPConnector(socket_factory=small_receive_buffer)
+    async with aiohttp.ClientSession(connector=connector) as lazy, \
+            lazy.get(f"{server.url}/v1/watch", params=[("ns", "big/")]) as resp:
+        stream = SSEStream(resp)
+        await stream.next()
+        blob = "x" * 60_000
+        subs = server.runtime.hub.subscriptions
+        i = 0
+        while server.runtime.metrics.values["configcenter_subscriber_overflows_total"] < 1:
+            assert i < 400, "no overflow after 24 MB: the subscriber queue is not bounded by backpressure"
+            await push(http, server, f"big/n{i % 3}", {"i": i, "blob": blob})
+            assert all(len(s.queue) <= 8 for s in subs)
+            i += 1
+        last = [await push(http, server, f"big/n{k}", {"i": i + k, "blob": "y"}) for k in range(3)]
+        events = await stream.until(lambda e: e.event == "reset", timeout=30)
+        tail = await stream.until(lambda e: e.id is not None and e.id >= last[-1]["revision"], timeout=10)
+    state = {ns: d["doc"]["i"] for ns, d in events[-1].data["namespaces"].items()}
+    for event in tail:
+        if event.event == "change":
+            state[event.data["ns"]] = event.data["doc"]["i"]
+    assert state == {"big/n0": i, "big/n1": i + 1, "big/n2": i + 2}
