@@ -1,0 +1,44 @@
+# Two entry points: `make run` (a local configcenter with examples loaded) and `make test` (the whole suite).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+LISTEN ?= 127.0.0.1:8080
+
+.PHONY: run test lint unit bench test-etcd34 clean
+
+$(VENV)/.installed-run: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[etcd]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	$(VENV)/bin/configcenter dev --listen $(LISTEN)
+
+lint: $(VENV)/.installed-test
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+unit: $(VENV)/.installed-test
+	$(PY) -m pytest -q -m "not slow"
+
+test: lint $(VENV)/.installed-test
+	$(PY) -m pytest -q --durations=10
+
+# The server's etcd-facing tests again against etcd 3.4 (e.g. Debian's etcd-server at /usr/bin/etcd).
+ETCD34 ?= /usr/bin/etcd
+test-etcd34: $(VENV)/.installed-test
+	CONFIGCENTER_ETCD_BIN=$(ETCD34) $(PY) -m pytest -q tests/configcenter/test_store.py tests/configcenter/test_watch.py tests/configcenter/test_api.py
+
+bench: $(VENV)/.installed-test
+	$(PY) bench/bench_fanout.py
+	$(PY) bench/bench_route.py
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
