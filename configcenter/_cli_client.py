@@ -41,10 +41,11 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (
 class CliError(Exception):
     """A one-line error for stderr and the exit code the process ends with."""
 
-    def __init__(self, message: str, code: int = EXIT_SERVER_ERROR) -> None:
+    def __init__(self, message: str, code: int = EXIT_SERVER_ERROR, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.status = status  # the HTTP status when the server answered
 
 
 def usage_error(message: str) -> CliError:
@@ -151,7 +152,7 @@ def http_error(status: int, raw: bytes) -> CliError:
         message = raw.decode("utf-8", errors="replace").strip().splitlines()[0] if raw.strip() else ""
     message = message or "request failed"
     code = EXIT_PRECONDITION if status == 412 else EXIT_SERVER_ERROR
-    return CliError(f"{message} (HTTP {status})", code)
+    return CliError(f"{message} (HTTP {status})", code, status)
 
 
 def decode_json(raw: bytes, status: int) -> Any:

@@ -6,7 +6,6 @@ never in raw keys or gRPC status codes.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Iterator, Sequence
 
@@ -66,7 +65,7 @@ def connect(endpoints: Sequence[str]) -> Etcd3Client:
 
 def watch_stub(client: Etcd3Client) -> rpc_pb2_grpc.WatchStub:
     """A raw Watch stub on the client's channel (see module note on progress requests)."""
-    channel = client._channel  # noqa: SLF001 - etcd3aio keeps the channel private
+    channel = client._channel
     if channel is None:
         raise RuntimeError("etcd client is not connected")
     return rpc_pb2_grpc.WatchStub(channel)
@@ -77,7 +76,7 @@ def etcd_errors(action: str) -> Iterator[None]:
     """Turn every way an etcd call can fail for lack of etcd into ``EtcdUnavailableError`` (503)."""
     try:
         yield
-    except (EtcdError, grpc.aio.AioRpcError, TimeoutError, asyncio.TimeoutError, ConnectionError) as exc:
+    except (EtcdError, grpc.aio.AioRpcError, TimeoutError, ConnectionError) as exc:
         raise EtcdUnavailableError(
             f"etcd is unavailable, cannot {action}: {exc.__class__.__name__}: {exc}".strip(),
             action=action,

@@ -41,8 +41,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except errors.ConfigCenterError as exc:
         return json_response(exc.to_json(), exc.status)
-    except web.HTTPRequestEntityTooLarge as exc:
-        err = errors.PayloadTooLargeError(f"request body is larger than the {exc.max_size}-byte limit")
+    except web.HTTPRequestEntityTooLarge:
+        limit = rt(request).settings.limits.max_body_bytes
+        err = errors.PayloadTooLargeError(f"request body is larger than the {limit}-byte limit")
         return json_response(err.to_json(), err.status)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -81,7 +82,8 @@ def if_match(request: web.Request) -> int | None:
 async def read_body(request: web.Request) -> Any:
     limit = rt(request).settings.limits.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise errors.PayloadTooLargeError(f"request body of {request.content_length} bytes exceeds the {limit}-byte limit")
+        raise errors.PayloadTooLargeError(
+            f"request body of {request.content_length} bytes exceeds the {limit}-byte limit")
     return parse_body(await request.read(), request.content_type)
 
 

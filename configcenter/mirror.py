@@ -129,7 +129,7 @@ class Mirror:
                 need_list = True
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - any etcd failure means: back off, retry
+            except Exception as exc:
                 self._lost_contact(exc)
                 await asyncio.sleep(self._backoff(attempt))
                 attempt += 1

@@ -29,7 +29,7 @@ RESERVED_LAST_SEGMENTS = frozenset({"history", "diff", "rollback", "route"})
 def validate_namespace(ns: str) -> str:
     """Return ``ns`` if it is a valid namespace name, else raise ``InvalidNamespaceError``.
 
-    Rules: 1–4 segments joined by ``/``; each ``[a-z0-9][a-z0-9._-]{0,62}``;
+    Rules: 1 to 4 segments joined by ``/``; each ``[a-z0-9][a-z0-9._-]{0,62}``;
     the last segment is not a reserved API word.
     """
     segments = ns.split("/")

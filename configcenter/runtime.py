@@ -59,7 +59,7 @@ class Runtime:
 
     async def list(self, prefix: str) -> tuple[int, list[Release]]:
         if not self.mirror.ready.is_set():
-            return await self.store.list(prefix)
+            return await self.store.list_releases(prefix)
         revision, docs = self.mirror.snapshot(lambda ns: ns.startswith(prefix))
         return revision, [docs[ns] for ns in sorted(docs)]
 

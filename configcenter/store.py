@@ -83,7 +83,7 @@ class Store:
             f"namespace {ns!r} has no release at revision {revision}", namespace=ns, revision=revision
         )
 
-    async def list(self, prefix: str = "") -> tuple[int, list[Release]]:
+    async def list_releases(self, prefix: str = "") -> tuple[int, list[Release]]:
         """All current releases whose namespace starts with ``prefix``, sorted by name, and the read revision."""
         start = self.layout.docs_prefix + prefix.encode()
         with etcd_errors("list namespaces"):

@@ -12,9 +12,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from helpers import RunningServer, server_settings, start_server
 
 from configcenter.embedded_etcd import EtcdCluster
+from helpers import RunningServer, server_settings, start_server
 
 
 @pytest.fixture(scope="session")

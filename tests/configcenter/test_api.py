@@ -10,9 +10,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from helpers import READER, RunningServer, envelope
 
 from configcenter.codec import dump_yaml
+from helpers import READER, RunningServer, envelope
 
 ROUTES = {
     "service": "payment",

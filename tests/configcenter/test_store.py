@@ -32,7 +32,7 @@ async def test_push_get_list_history(store: Store) -> None:
     current = await store.get("app/cfg")
     assert (current.revision, current.doc) == (second.revision, {"a": 2})
     assert (await store.get_at("app/cfg", first.revision)).doc == {"a": 1}
-    _, listed = await store.list("app/")
+    _, listed = await store.list_releases("app/")
     assert [r.ns for r in listed] == ["app/cfg", "app/other"]
     page = await store.history("app/cfg")
     assert [(e.revision, e.message, e.author) for e in page.entries] == [

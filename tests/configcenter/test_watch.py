@@ -16,10 +16,10 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from helpers import RunningServer, SSEEvent, SSEStream, envelope, eventually
 
 from configcenter._etcd import KeyLayout
 from configcenter.settings import Limits
+from helpers import RunningServer, SSEEvent, SSEStream, envelope, eventually
 
 
 @asynccontextmanager
@@ -129,7 +129,7 @@ async def test_invalid_record_is_reported_and_mirror_keeps_going(
         invalid = await stream.until(lambda e: e.event == "invalid")
         good = await push(http, server, "bad/rec", {"fixed": True})
         change = (await stream.changes(1))[0]
-    assert "bad/rec" == invalid[-1].data["ns"]
+    assert invalid[-1].data["ns"] == "bad/rec"
     assert change.id == good["revision"] and change.data["doc"] == {"fixed": True}
     assert server.runtime.metrics.values["configcenter_invalid_records_total"] == 1
 
@@ -169,7 +169,7 @@ async def test_compaction_resync_converges_to_etcd(
     by_ns = {e.data["ns"]: e.data for e in events}
     assert by_ns["c/update"]["doc"] == {"v": 3} and by_ns["c/delete"]["op"] == "delete"
     assert by_ns["c/new"]["doc"] == {"v": 1}
-    _, releases = await server.runtime.store.list("c/")
+    _, releases = await server.runtime.store.list_releases("c/")
     assert {r.ns: r.doc for r in releases} == {ns: r.doc for ns, r in server.runtime.mirror.state.items()}
 
 

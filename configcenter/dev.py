@@ -1,0 +1,195 @@
+"""``configcenter dev``: an embedded etcd, a server in front of it, the examples loaded, a token printed.
+
+* etcd keeps its data in ``--data-dir`` (default ``./.run/etcd``), so a second
+  ``configcenter dev`` (or ``make run``) finds what the first one published.
+* A fresh writer token is generated on every start (``secrets.token_urlsafe``).
+* Every ``examples/*.yaml`` whose first line is ``# namespace: <ns>`` is pushed
+  through the server's own API, so it is validated like any other push.  A
+  namespace that already exists (kept data) is left alone; an example that
+  fails is reported and the others still load.
+* Runs until Ctrl-C or SIGTERM, then stops the server and etcd and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from aiohttp import web
+
+from ._cli_client import EXIT_OK, EXIT_USAGE, Client, CliError
+from .codec import parse_yaml
+from .embedded_etcd import EtcdCluster
+from .errors import ConfigCenterError
+from .runtime import RUNTIME, Runtime, create_app, wait_ready
+from .settings import Settings, parse_listen
+
+NAMESPACE_LINE = re.compile(r"^#\s*namespace:\s*(\S+)\s*$")
+DEV_AUTHOR = "configcenter-dev"
+log = logging.getLogger("configcenter.dev")
+
+
+@dataclass(frozen=True)
+class DevOptions:
+    listen: str = "127.0.0.1:8080"
+    examples: Path | None = None
+    data_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Example:
+    path: Path
+    ns: str
+
+
+def default_examples_dir() -> Path:
+    """``./examples`` when it exists, else the repository's ``examples/`` next to the package."""
+    local = Path.cwd() / "examples"
+    return local if local.is_dir() else Path(__file__).resolve().parent.parent / "examples"
+
+
+def find_examples(directory: Path) -> list[Example]:
+    """The ``*.yaml`` files whose first line names their namespace, sorted by file name."""
+    found = []
+    for path in sorted(directory.glob("*.yaml")):
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            match = NAMESPACE_LINE.match(handle.readline())
+        if match:
+            found.append(Example(path, match.group(1)))
+    return found
+
+
+def run_dev(options: DevOptions) -> int:
+    """Start etcd, serve until a signal, stop etcd; exit code as documented in ``docs/cli.md``."""
+    try:
+        host, port = parse_listen(options.listen)
+    except ConfigCenterError as exc:
+        raise CliError(exc.message, EXIT_USAGE) from exc
+    data_dir = (options.data_dir or Path.cwd() / ".run" / "etcd").resolve()
+    examples = options.examples or default_examples_dir()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # until the event loop takes over
+    try:
+        cluster = EtcdCluster(1, workdir=data_dir)
+        try:
+            cluster.start()
+            settings = Settings(host=host, port=port, etcd_endpoints=tuple(cluster.endpoints),
+                                tokens={secrets.token_urlsafe(24): "writer"})
+            asyncio.run(_serve(settings, examples, data_dir))
+        finally:
+            cluster.stop()
+    except (ConfigCenterError, RuntimeError) as exc:
+        raise CliError(f"dev: {getattr(exc, 'message', exc)}") from exc
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print("configcenter dev stopped (etcd stopped, data kept in " + str(data_dir) + ")", file=sys.stderr)
+    return EXIT_OK
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+async def _serve(settings: Settings, examples: Path, data_dir: Path) -> None:
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        try:
+            await web.TCPSite(runner, settings.host, settings.port).start()
+        except OSError as exc:
+            raise CliError(f"cannot listen on {settings.listen}: {exc.strerror or exc}", EXIT_USAGE) from exc
+        runtime: Runtime = app[RUNTIME]
+        await wait_ready(runtime, 30)
+        url = f"http://{settings.listen}"
+        token = next(iter(settings.tokens))
+        loaded = await load_examples(url, token, find_examples(examples))
+        print(banner(url, token, settings, data_dir, loaded), flush=True)
+        await _wait_for_signal()
+    finally:
+        await runner.cleanup()
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def load_examples(url: str, token: str, examples: list[Example]) -> list[str]:
+    """Push each example through the API; return one report line per example (errors included)."""
+    lines = []
+    async with Client(url, token, timeout=10) as client:
+        for example in examples:
+            lines.append(f"  {example.ns:<16} {await _load_one(client, example)}  ({example.path.name})")
+    return lines
+
+
+async def _load_one(client: Client, example: Example) -> str:
+    try:
+        current = await _current(client, example.ns)
+        if current is not None:
+            return f"kept revision {current['revision']} (version {current['version']}, already present)"
+        body = parse_yaml(example.path.read_bytes())
+        if isinstance(body, dict):
+            body.setdefault("author", DEV_AUTHOR)
+        release = await client.call("PUT", f"/v1/namespaces/{example.ns}", body=body)
+    except CliError as exc:
+        print(f"error: example {example.path}: {exc.message}", file=sys.stderr, flush=True)
+        return f"FAILED: {exc.message}"
+    except (ConfigCenterError, OSError) as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        print(f"error: example {example.path}: {message}", file=sys.stderr, flush=True)
+        return f"FAILED: {message}"
+    return f"loaded revision {release['revision']} (version {release['version']})"
+
+
+async def _current(client: Client, ns: str) -> dict[str, Any] | None:
+    try:
+        release: dict[str, Any] = await client.call("GET", f"/v1/namespaces/{ns}")
+    except CliError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return release
+
+
+def banner(url: str, token: str, settings: Settings, data_dir: Path, loaded: list[str]) -> str:
+    route_body = '{"headers": {"x-release": "v2-beta"}}'
+    return "\n".join([
+        f"configcenter dev is running at {url}",
+        f"  etcd:   {','.join(settings.etcd_endpoints)} (data in {data_dir})",
+        f"  token:  {token} (writer, new on every start)",
+        "examples:",
+        *(loaded or ["  (none found)"]),
+        "",
+        "try:",
+        f"  export CONFIGCENTER_SERVER={url}",
+        f"  export CONFIGCENTER_TOKEN={token}",
+        "  configcenter list",
+        "  configcenter get payment/routes",
+        "  configcenter route payment/routes --header x-release=v2-beta",
+        "  configcenter history orders/config",
+        "  configcenter watch --verbose",
+        f"  curl -s {url}/v1/namespaces",
+        f"  curl -s -X POST -H 'Content-Type: application/json' -d '{route_body}' "
+        f"{url}/v1/namespaces/payment/routes/route",
+        "",
+        "press Ctrl-C to stop",
+    ])
