@@ -19,7 +19,7 @@ import pytest
 
 from configcenter._etcd import KeyLayout
 from configcenter.settings import Limits
-from helpers import RunningServer, SSEEvent, SSEStream, envelope, eventually
+from helpers import RunningServer, SSEEvent, SSEStream, envelope, eventually, start_cluster
 
 
 @asynccontextmanager
@@ -229,3 +229,19 @@ async def test_a_subscriber_that_never_reads_stays_bounded(make_server: Any, htt
         if event.event == "change":
             state[event.data["ns"]] = event.data["doc"]["i"]
     assert state == {"big/n0": i, "big/n1": i + 1, "big/n2": i + 2}
+
+
+@pytest.mark.slow
+async def test_three_member_cluster_survives_a_member_crash(make_server: Any, http: aiohttp.ClientSession) -> None:
+    cluster = start_cluster(3)
+    try:
+        server = await make_server(cluster=cluster)
+        async with subscribe(http, server, "ha/") as stream:
+            await stream.next()
+            before = await push(http, server, "ha/ns", {"v": 1})
+            cluster.members[0].kill()
+            after = [await push(http, server, "ha/ns", {"v": i}) for i in range(2, 5)]
+            events = await stream.changes(4, timeout=15)
+        assert [e.id for e in events] == [before["revision"]] + [p["revision"] for p in after]
+    finally:
+        cluster.close()
