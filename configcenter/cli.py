@@ -217,41 +217,10 @@ async def cmd_watch(args: argparse.Namespace, client: Client) -> int:
 # --------------------------------------------------------------------------- local commands
 
 
-def one_line_config_error(exc: ConfigCenterError) -> str:
-    """Settings errors may embed a multi-line YAML error: keep its problem and position only."""
-    cause = exc.__cause__
-    mark = getattr(cause, "problem_mark", None)
-    if mark is None:
-        return " ".join(exc.message.split())
-    head = exc.message.split(":", 1)[0]
-    problem = getattr(cause, "problem", None) or "syntax error"
-    return f"{head}: {problem} (line {mark.line + 1}, column {mark.column + 1})"
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the server in the foreground until SIGINT/SIGTERM; a bad configuration exits 2."""
-    import logging
+    from .dev import run_serve
 
-    from aiohttp import web
-
-    from .runtime import create_app
-    from .settings import load_settings
-
-    try:
-        settings = load_settings(args.config, listen=args.listen, etcd=args.etcd, prefix=args.prefix)
-    except ConfigCenterError as exc:
-        raise usage_error(one_line_config_error(exc)) from exc
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("configcenter.serve")
-    log.info("listening on http://%s, etcd %s, prefix %s", settings.listen, ",".join(settings.etcd_endpoints),
-             settings.prefix)
-    if "writer" not in settings.tokens.values():
-        log.warning("no writer token configured (auth.tokens): every write will be refused")
-    try:
-        web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
-    except OSError as exc:
-        raise usage_error(f"cannot listen on {settings.listen}: {exc.strerror or exc}") from exc
-    return EXIT_OK
+    return run_serve(args.config, listen=args.listen, etcd=args.etcd, prefix=args.prefix)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:

@@ -1,4 +1,9 @@
-"""``configcenter dev``: an embedded etcd, a server in front of it, the examples loaded, a token printed.
+"""Running a server from the command line: ``configcenter serve`` and ``configcenter dev``.
+
+``serve`` loads the settings (a bad file exits 2 with one line) and runs the
+app until SIGINT/SIGTERM, logging to stderr.
+
+``configcenter dev``: an embedded etcd, a server in front of it, the examples loaded, a token printed.
 
 * etcd keeps its data in ``--data-dir`` (default ``./.run/etcd``), so a second
   ``configcenter dev`` (or ``make run``) finds what the first one published.
@@ -30,11 +35,10 @@ from .codec import parse_yaml
 from .embedded_etcd import EtcdCluster
 from .errors import ConfigCenterError
 from .runtime import RUNTIME, Runtime, create_app, wait_ready
-from .settings import Settings, parse_listen
+from .settings import Settings, load_settings, parse_listen
 
 NAMESPACE_LINE = re.compile(r"^#\s*namespace:\s*(\S+)\s*$")
 DEV_AUTHOR = "configcenter-dev"
-log = logging.getLogger("configcenter.dev")
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,36 @@ def find_examples(directory: Path) -> list[Example]:
         if match:
             found.append(Example(path, match.group(1)))
     return found
+
+
+def one_line_config_error(exc: ConfigCenterError) -> str:
+    """Settings errors may embed a multi-line YAML error: keep its problem and position only."""
+    cause = exc.__cause__
+    mark = getattr(cause, "problem_mark", None)
+    if mark is None:
+        return " ".join(exc.message.split())
+    head = exc.message.split(":", 1)[0]
+    problem = getattr(cause, "problem", None) or "syntax error"
+    return f"{head}: {problem} (line {mark.line + 1}, column {mark.column + 1})"
+
+
+def run_serve(config: str | None, *, listen: str | None, etcd: str | None, prefix: str | None) -> int:
+    """Run the server in the foreground until SIGINT/SIGTERM; a bad configuration exits 2."""
+    try:
+        settings = load_settings(config, listen=listen, etcd=etcd, prefix=prefix)
+    except ConfigCenterError as exc:
+        raise CliError(one_line_config_error(exc), EXIT_USAGE) from exc
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve_log = logging.getLogger("configcenter.serve")
+    serve_log.info("listening on http://%s, etcd %s, prefix %s", settings.listen, ",".join(settings.etcd_endpoints),
+                   settings.prefix)
+    if "writer" not in settings.tokens.values():
+        serve_log.warning("no writer token configured (auth.tokens): every write will be refused")
+    try:
+        web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {settings.listen}: {exc.strerror or exc}", EXIT_USAGE) from exc
+    return EXIT_OK
 
 
 def run_dev(options: DevOptions) -> int:
@@ -101,6 +135,10 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 async def _serve(settings: Settings, examples: Path, data_dir: Path) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # from here on a signal means "stop cleanly"
+        loop.add_signal_handler(sig, stop.set)
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
@@ -113,23 +151,14 @@ async def _serve(settings: Settings, examples: Path, data_dir: Path) -> None:
         await wait_ready(runtime, 30)
         url = f"http://{settings.listen}"
         token = next(iter(settings.tokens))
-        loaded = await load_examples(url, token, find_examples(examples))
-        print(banner(url, token, settings, data_dir, loaded), flush=True)
-        await _wait_for_signal()
-    finally:
-        await runner.cleanup()
-
-
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
+        if not stop.is_set():
+            loaded = await load_examples(url, token, find_examples(examples))
+            print(banner(url, token, settings, data_dir, loaded), flush=True)
         await stop.wait()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        await runner.cleanup()
 
 
 async def load_examples(url: str, token: str, examples: list[Example]) -> list[str]:

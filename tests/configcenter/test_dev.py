@@ -1,0 +1,114 @@
+"""``configcenter dev`` as a real process: embedded etcd, examples loaded, clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from configcenter.embedded_etcd import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE_NAMESPACES = ["orders/config", "orders/routes", "payment/routes"]
+
+
+def processes_using(fragment: str) -> list[int]:
+    """PIDs whose command line mentions ``fragment`` (e.g. an etcd data dir)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if fragment in cmdline and int(entry.name) != os.getpid():
+            pids.append(int(entry.name))
+    return pids
+
+
+async def wait_for_examples(http: aiohttp.ClientSession, url: str, proc: subprocess.Popen[str]) -> list[str]:
+    deadline = asyncio.get_running_loop().time() + 30
+    while asyncio.get_running_loop().time() < deadline:
+        assert proc.poll() is None, f"dev exited early with {proc.returncode}"
+        try:
+            async with http.get(f"{url}/readyz") as ready:
+                if ready.status == 200:
+                    async with http.get(f"{url}/v1/namespaces") as resp:
+                        names = [n["ns"] for n in (await resp.json())["namespaces"]]
+                    if len(names) >= len(EXAMPLE_NAMESPACES):
+                        return names
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("dev did not load the examples within 30s")
+
+
+def read_banner(proc: subprocess.Popen[str]) -> str:
+    """stdout up to the banner's last line (the examples are loaded by then)."""
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("press Ctrl-C"):
+            break
+    return "".join(lines)
+
+
+def start_dev(port: int, data_dir: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "configcenter", "dev", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+async def stop_dev(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+    proc.send_signal(signal.SIGTERM)
+    out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+    return proc.returncode, out, err
+
+
+async def test_dev_loads_examples_and_stops_cleanly(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    data_dir = tmp_path / "etcd"
+    port = free_port()
+    proc = start_dev(port, data_dir)
+    try:
+        names = await wait_for_examples(http, f"http://127.0.0.1:{port}", proc)
+        assert names == EXAMPLE_NAMESPACES
+        banner = await asyncio.wait_for(asyncio.to_thread(read_banner, proc), 30)
+        async with http.post(f"http://127.0.0.1:{port}/v1/namespaces/payment/routes/route",
+                             json={"headers": {"x-release": "v2-beta"}}) as resp:
+            assert (await resp.json())["cluster"] == "payment-canary"
+        assert processes_using(str(data_dir))  # etcd is running on our data dir
+        code, _, err = await stop_dev(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0, err
+    assert f"http://127.0.0.1:{port}" in banner and "export CONFIGCENTER_TOKEN=" in banner
+    assert banner.count("loaded revision") == 3
+    assert processes_using(str(data_dir)) == []
+
+
+async def test_dev_keeps_data_between_runs(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    data_dir = tmp_path / "etcd"
+    for run in range(2):
+        port = free_port()
+        proc = start_dev(port, data_dir)
+        try:
+            assert await wait_for_examples(http, f"http://127.0.0.1:{port}", proc) == EXAMPLE_NAMESPACES
+            banner = await asyncio.wait_for(asyncio.to_thread(read_banner, proc), 30)
+            code, _, err = await stop_dev(proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert code == 0, err
+        assert banner.count("loaded revision" if run == 0 else "already present") == 3
+    assert processes_using(str(data_dir)) == []
