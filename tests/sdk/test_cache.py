@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 import pytest
+
 from configcenter_sdk.cache import CachedDoc, FallbackCache, Lookup
 
 

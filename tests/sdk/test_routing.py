@@ -15,10 +15,11 @@ from typing import Any, cast
 
 import jsonschema
 import pytest
-from configcenter_sdk.errors import RouteTableError
-from configcenter_sdk.routing import RouteDecision, RouteTable, compile_table, stable_bucket
 from multidict import CIMultiDict
 from ruamel.yaml import YAML
+
+from configcenter_sdk.errors import RouteTableError
+from configcenter_sdk.routing import RouteDecision, RouteTable, compile_table, stable_bucket
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "schemas" / "route-table.schema.json").read_text())

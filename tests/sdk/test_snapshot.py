@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from configcenter_sdk.cache import CachedDoc, FallbackCache
 from configcenter_sdk.errors import SnapshotError
 from configcenter_sdk.snapshot import FORMAT, SnapshotStore, filename_for, namespace_for

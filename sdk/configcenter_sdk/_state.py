@@ -1,0 +1,276 @@
+"""The client's local view: documents, revisions, compiled route tables, listeners.
+
+Everything here is mutated only on the client's event loop. Readers on other
+threads use the two thread-safe entry points: ``tables`` (a dict that is never
+mutated after publication, replaced by one reference assignment) and the
+``FallbackCache`` (locked).
+
+Revision bookkeeping: ``revisions[ns]`` is the revision of the last change of
+``ns`` the client adopted (a deletion included). A change at or below it is a
+duplicate; a change whose ``prev_revision`` differs from it is a gap.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .cache import CachedDoc, FallbackCache, Kind
+from .errors import RouteTableError
+from .routing import RouteTable, compile_table
+
+__all__ = [
+    "ChangeCallback",
+    "ClientError",
+    "ClientStatus",
+    "ErrorCallback",
+    "Incoming",
+    "LocalState",
+    "Mode",
+    "NamespaceStatus",
+    "Verdict",
+    "classify_change",
+    "namespace_matcher",
+    "parse_release",
+]
+
+log = logging.getLogger("configcenter_sdk.client")
+
+ChangeCallback = Callable[[str, Mapping[str, Any] | None, int], Awaitable[None] | None]
+ErrorCallback = Callable[[str, int, Exception], Awaitable[None] | None]
+Verdict = Literal["apply", "duplicate", "gap"]
+Mode = Literal["live", "fallback"]
+_MAX_ERRORS = 32
+
+
+def namespace_matcher(selectors: tuple[str, ...]) -> Callable[[str], bool]:
+    """Exact names, prefixes (ending in ``/``), or everything when ``selectors`` is empty (as the hub)."""
+    exact = frozenset(s for s in selectors if not s.endswith("/"))
+    prefixes = tuple(s for s in selectors if s.endswith("/"))
+    if not exact and not prefixes:
+        return lambda ns: True
+    return lambda ns: ns in exact or ns.startswith(prefixes)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A release as received (``change`` event, ``reset`` entry or HTTP snapshot); ``doc`` None = deleted."""
+
+    ns: str
+    revision: int
+    kind: Kind
+    doc: Mapping[str, Any] | None
+    prev_revision: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientError:
+    """A document the client received but could not use (e.g. a route table that does not compile)."""
+
+    ns: str
+    revision: int
+    message: str
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceStatus:
+    """One namespace as the client holds it.
+
+    ``source``: ``live`` (confirmed by the current subscription), ``memory``
+    (received live earlier, subscription down) or ``disk`` (from a snapshot
+    file, not yet confirmed). ``age_seconds``: time since a live, non-stale
+    server last confirmed it. ``stale``: the client is in fallback, the server
+    reported its own view stale (etcd unreachable), or the age reached ``cache_ttl``.
+    """
+
+    revision: int
+    kind: str
+    source: Literal["live", "memory", "disk"]
+    age_seconds: float
+    stale: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStatus:
+    """Snapshot of the client's health (see :meth:`ConfigClient.status`)."""
+
+    mode: Mode
+    server: str | None
+    revision: int
+    reconnects: int
+    gaps: int
+    duplicates: int
+    server_stale: bool
+    namespaces: dict[str, NamespaceStatus]
+    errors: tuple[ClientError, ...]
+
+
+def _int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"invalid {name}: {value!r}")
+    return value
+
+
+def parse_release(obj: object) -> Incoming:
+    """Validate a Release JSON object; ``ValueError`` if it is malformed."""
+    if not isinstance(obj, Mapping):
+        raise ValueError("release is not a JSON object")
+    ns, kind, doc = obj.get("ns"), obj.get("kind"), obj.get("doc")
+    if not isinstance(ns, str) or kind not in ("routes", "config"):
+        raise ValueError(f"invalid ns/kind: {ns!r}/{kind!r}")
+    if obj.get("op") == "delete":
+        doc = None
+    elif not isinstance(doc, Mapping):
+        raise ValueError(f"release of {ns} has no document")
+    prev = obj.get("prev_revision")
+    return Incoming(ns, _int(obj.get("revision"), "revision"), kind, doc,
+                    None if prev is None else _int(prev, "prev_revision"))
+
+
+def classify_change(known: int | None, stream_revision: int, change: Incoming) -> Verdict:
+    """Decide what to do with a ``change`` event.
+
+    ``duplicate``: at or below the namespace's known revision or the stream
+    revision (already covered). ``gap``: the namespace is known and the
+    change's ``prev_revision`` is not its known revision (a change was missed;
+    fetch a snapshot). ``apply`` otherwise, including namespaces never seen.
+    """
+    if change.revision <= stream_revision or (known is not None and change.revision <= known):
+        return "duplicate"
+    if known is not None and change.prev_revision is not None and change.prev_revision != known:
+        return "gap"
+    return "apply"
+
+
+class LocalState:
+    """Documents + revisions + route tables; see the module docstring for the threading rules."""
+
+    def __init__(self, cache: FallbackCache, persist: Callable[[CachedDoc | str], None] | None) -> None:
+        self.cache = cache
+        self.revisions: dict[str, int] = {}
+        self.tables: dict[str, RouteTable] = {}
+        self.errors: deque[ClientError] = deque(maxlen=_MAX_ERRORS)
+        self._persist = persist
+        self._by_ns: dict[str, RouteTable] = {}
+        self._change_listeners: tuple[tuple[Callable[[str], bool], ChangeCallback], ...] = ()
+        self._error_listeners: tuple[ErrorCallback, ...] = ()
+
+    def add_change_listener(self, selector: str | None, callback: ChangeCallback) -> None:
+        """``selector``: a namespace, a prefix ending in ``/``, or None for all (copy-on-write, thread-safe)."""
+        match = namespace_matcher(() if selector is None else (selector,))
+        self._change_listeners = (*self._change_listeners, (match, callback))
+
+    def add_error_listener(self, callback: ErrorCallback) -> None:
+        self._error_listeners = (*self._error_listeners, callback)
+
+    async def adopt(
+        self, release: Incoming, source: Literal["live", "disk"] = "live", stored_at: float | None = None
+    ) -> bool:
+        """Make ``release`` the current state of its namespace; notify listeners.
+
+        Returns False (changing nothing) if the namespace is already at this
+        revision or newer. A deletion removes document, table and snapshot.
+        """
+        ns = release.ns
+        known = self.revisions.get(ns)
+        if known is not None and release.revision <= known:
+            if release.revision == known and release.doc is not None:
+                self._restamp(release, source)
+            return False
+        self.revisions[ns] = release.revision
+        if release.doc is None:
+            had_doc = self._forget(ns)
+            if had_doc:
+                await self._notify(ns, None, release.revision)
+            return True
+        stamp = self.cache.clock() if stored_at is None else stored_at
+        entry = CachedDoc(ns, release.revision, release.kind, release.doc, stamp, source)
+        self.cache.put(entry)
+        compiled = await self._compile(release) if release.kind == "routes" else True
+        if compiled and source == "live" and self._persist is not None:
+            self._persist(entry)
+        await self._notify(ns, release.doc, release.revision)
+        return True
+
+    async def drop_absent(self, present: set[str], revision: int, match: Callable[[str], bool]) -> None:
+        """After a reset at ``revision``: delete every matching namespace not in ``present``.
+
+        A namespace known at a revision above ``revision`` (newer than this
+        reset, e.g. from a lagging replica) is kept.
+        """
+        for ns in sorted(set(self.revisions) | set(self.cache.namespaces())):
+            if ns in present or not match(ns) or self.revisions.get(ns, 0) > revision:
+                continue
+            self.revisions.pop(ns, None)
+            if self._forget(ns):
+                await self._notify(ns, None, revision)
+
+    def touch_all(self) -> None:
+        """A live server confirmed the current revisions: restart every entry's age."""
+        now = self.cache.clock()
+        for ns in self.cache.namespaces():
+            self.cache.touch(ns, now)
+
+    def _restamp(self, release: Incoming, source: Literal["live", "disk"]) -> None:
+        """Same revision seen again from a live server: mark the entry live and fresh."""
+        hit = self.cache.peek(release.ns)
+        if source == "live" and hit is not None and hit.entry.source == "disk":
+            self.cache.put(CachedDoc(release.ns, release.revision, release.kind, hit.entry.doc,
+                                     self.cache.clock(), "live"))
+
+    def _forget(self, ns: str) -> bool:
+        had = self.cache.remove(ns)
+        if ns in self._by_ns:
+            del self._by_ns[ns]
+            self._publish()
+        if self._persist is not None:
+            self._persist(ns)
+        return had
+
+    async def _compile(self, release: Incoming) -> bool:
+        """Compile off to the side; publish on success, keep the last good table on failure."""
+        assert release.doc is not None
+        try:
+            table = compile_table(release.doc, release.revision)
+        except RouteTableError as exc:
+            await self._record_error(release.ns, release.revision, exc)
+            return False
+        self._by_ns[release.ns] = table
+        self._publish()
+        return True
+
+    def _publish(self) -> None:
+        """Build the new front buffer aside, then swap it in with one assignment."""
+        fresh: dict[str, RouteTable] = {}
+        for table in self._by_ns.values():
+            current = fresh.get(table.service)
+            if current is None or table.revision > current.revision:
+                fresh[table.service] = table
+        self.tables = fresh
+
+    async def _record_error(self, ns: str, revision: int, exc: Exception) -> None:
+        log.error("namespace %s revision %d rejected, keeping the last good table: %s", ns, revision, exc)
+        self.errors.append(ClientError(ns, revision, str(exc), time.time()))
+        for callback in self._error_listeners:
+            await _call(callback, ns, revision, exc)
+
+    async def _notify(self, ns: str, doc: Mapping[str, Any] | None, revision: int) -> None:
+        for match, callback in self._change_listeners:
+            if match(ns):
+                await _call(callback, ns, doc, revision)
+
+
+async def _call(callback: Callable[..., Any], *args: Any) -> None:
+    """Run a listener (awaiting it if it returns an awaitable); its exceptions are logged, never raised."""
+    try:
+        result = callback(*args)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.exception("listener %r failed", callback)
