@@ -54,13 +54,13 @@ class ChangeRing:
 
     def __init__(self, capacity: int, floor: int = 0) -> None:
         self._items: deque[Change] = deque()
-        self._capacity = capacity
+        self.capacity = capacity
         self.floor = floor
 
     def extend(self, changes: Iterable[Change]) -> None:
         for change in changes:
             self._items.append(change)
-        while len(self._items) > self._capacity:
+        while len(self._items) > self.capacity:
             dropped = self._items.popleft()
             # Keep whole transactions: the floor may only sit between revisions.
             self.floor = dropped.revision

@@ -23,26 +23,19 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
+
+from configcenter_sdk.names import namespace_matcher
 
 from .changes import Change
 from .metrics import Metrics
 from .mirror import Mirror
 
 Matcher = Callable[[str], bool]
-
-
-def namespace_matcher(selectors: Iterable[str]) -> Matcher:
-    """Exact names, prefixes (ending in ``/``), or everything when ``selectors`` is empty."""
-    exact = frozenset(s for s in selectors if not s.endswith("/"))
-    prefixes = tuple(s for s in selectors if s.endswith("/"))
-    if not exact and not prefixes:
-        return lambda ns: True
-    return lambda ns: ns in exact or ns.startswith(prefixes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ import orjson
 from etcd3aio import Etcd3Client, prefix_range_end
 
 from . import _etcd
+from ._backfill import recent_changes
 from ._mirror_watch import ProgressVerifier, WatchSession
 from .changes import Change, ChangeRing
 from .metrics import Metrics
@@ -162,20 +163,27 @@ class Mirror:
         listed = {self.layout.ns_of_doc_key(item.key): item for item in resp.kvs}
         revision = int(resp.header.revision)
         if not self.ready.is_set():
-            self._load_initial(listed, revision)
+            changes, floor = await recent_changes(
+                kv, self.layout, listed, revision, self.ring.capacity, self.tuning.etcd_timeout)
+            self._load_initial(listed, revision, changes, floor)
             return
         log.warning("resyncing: resume point %d was compacted; re-listed at %d", self.applied_revision, revision)
         self.metrics.inc("configcenter_mirror_resyncs_total")
         self._publish(self._diff_against(listed, revision), revision)
 
-    def _load_initial(self, listed: dict[str, Any], revision: int) -> None:
+    def _load_initial(self, listed: dict[str, Any], revision: int, recent: list[Change], floor: int) -> None:
+        for change in recent:
+            self.last_change[change.ns] = change.revision
         for ns, item in listed.items():
             release = self._parse(ns, item.mod_revision, item.value)
             if release is not None:
                 self.state[ns] = release
             self.last_change[ns] = item.mod_revision
         self.applied_revision = revision
-        self.ring.reset(revision)
+        self.ring.reset(floor)
+        self.ring.extend(recent)
+        if recent or floor:
+            log.info("catch-up ring rebuilt from history: %d changes above revision %d", len(recent), floor)
         self.metrics.set("configcenter_applied_revision", revision)
         self.ready.set()
 

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from .cache import CachedDoc, FallbackCache, Kind
 from .errors import RouteTableError
+from .names import namespace_matcher
 from .routing import RouteTable, compile_table
 
 __all__ = [
@@ -46,15 +47,6 @@ ErrorCallback = Callable[[str, int, Exception], Awaitable[None] | None]
 Verdict = Literal["apply", "duplicate", "gap"]
 Mode = Literal["live", "fallback"]
 _MAX_ERRORS = 32
-
-
-def namespace_matcher(selectors: tuple[str, ...]) -> Callable[[str], bool]:
-    """Exact names, prefixes (ending in ``/``), or everything when ``selectors`` is empty (as the hub)."""
-    exact = frozenset(s for s in selectors if not s.endswith("/"))
-    prefixes = tuple(s for s in selectors if s.endswith("/"))
-    if not exact and not prefixes:
-        return lambda ns: True
-    return lambda ns: ns in exact or ns.startswith(prefixes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -245,3 +245,41 @@ async def test_three_member_cluster_survives_a_member_crash(make_server: Any, ht
         assert [e.id for e in events] == [before["revision"]] + [p["revision"] for p in after]
     finally:
         cluster.close()
+
+
+async def test_restarted_server_replays_from_history_instead_of_reset(
+    make_server: Any, http: aiohttp.ClientSession,
+) -> None:
+    first = await make_server()
+    await push(http, first, "h/a", {"v": 1})
+    async with subscribe(http, first, "h/") as stream:
+        last_seen = (await stream.next()).id
+    missed = [await push(http, first, ns, {"v": 2}) for ns in ("h/a", "h/b")]
+    async with http.delete(f"{first.url}/v1/namespaces/h/b", headers=first.auth()) as resp:
+        missed.append(await resp.json())
+    await first.stop()
+    fresh = await make_server(prefix=first.prefix)
+    async with subscribe(http, fresh, "h/", last_event_id=last_seen) as stream:
+        events = await stream.changes(3)
+        after = await stream.next(timeout=2)
+    assert [(e.data["ns"], e.id, e.data["op"]) for e in events] == [
+        ("h/a", missed[0]["revision"], "push"), ("h/b", missed[1]["revision"], "push"),
+        ("h/b", missed[2]["revision"], "delete")]
+    assert events[0].data["prev_revision"] < events[0].id and events[2].data["prev_revision"] == missed[1]["revision"]
+    assert after.event == "progress"
+
+
+async def test_restart_after_a_write_around_the_api_falls_back_to_reset(
+    make_server: Any, http: aiohttp.ClientSession,
+) -> None:
+    first = await make_server()
+    await push(http, first, "h/a", {"v": 1})
+    async with subscribe(http, first, "h/") as stream:
+        last_seen = (await stream.next()).id
+    record = {"version": 9, "op": "push", "kind": "config", "doc": {"by": "etcdctl"}}
+    first.etcd.ctl("put", KeyLayout(first.prefix).doc_key("h/a").decode(), orjson.dumps(record).decode())
+    await first.stop()
+    fresh = await make_server(prefix=first.prefix)
+    async with subscribe(http, fresh, "h/", last_event_id=last_seen) as stream:
+        reset = await stream.next()
+    assert reset.event == "reset" and reset.data["namespaces"]["h/a"]["doc"] == {"by": "etcdctl"}
