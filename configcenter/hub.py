@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -60,7 +60,7 @@ class Subscription:
     needs_reset: bool = False
     floor: int = 0  # nothing at or below this revision is sent any more
 
-    def offer(self, items: list[Change | InvalidNotice]) -> bool:
+    def offer(self, items: Sequence[Change | InvalidNotice]) -> bool:
         """Queue the matching items; on overflow drop the backlog and ask for a reset (returns False)."""
         matching = [i for i in items if self.match(i.ns)]
         if not matching:
@@ -87,9 +87,9 @@ class Hub:
         mirror.listeners.append(self._fan_out)
         mirror.invalid_listeners.append(lambda ns, rev, err: self._fan_out([InvalidNotice(ns, rev, err)]))
 
-    def _fan_out(self, items: list[Change] | list[InvalidNotice]) -> None:
+    def _fan_out(self, items: Sequence[Change | InvalidNotice]) -> None:
         for sub in self.subscriptions:
-            if not sub.offer(list(items)):
+            if not sub.offer(items):
                 self._metrics.inc("configcenter_subscriber_overflows_total")
 
     async def stream(self, request: web.Request, selectors: list[str], since: int | None) -> web.StreamResponse:
