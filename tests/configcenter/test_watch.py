@@ -38,6 +38,14 @@ async def push(http: aiohttp.ClientSession, server: RunningServer, ns: str, doc:
         return await resp.json()  # type: ignore[no-any-return]
 
 
+async def resume_point(http: aiohttp.ClientSession, server: RunningServer, *selectors: str) -> int:
+    """Subscribe, read the initial reset and disconnect: the id a client would resume from."""
+    async with subscribe(http, server, *selectors) as stream:
+        event = await stream.next()
+    assert event.id is not None
+    return event.id
+
+
 def assert_exactly_once_in_order(events: list[SSEEvent]) -> None:
     revisions = [e.id for e in events]
     assert revisions == sorted(revisions), revisions
@@ -80,8 +88,7 @@ async def test_every_change_once_in_order_including_txn_and_etcdctl(
 async def test_resume_from_ring_gets_exactly_the_missed_changes(
     server: RunningServer, http: aiohttp.ClientSession,
 ) -> None:
-    async with subscribe(http, server, "r/") as stream:
-        last_seen = (await stream.next()).id
+    last_seen = await resume_point(http, server, "r/")
     pushed = [await push(http, server, f"r/n{i % 5}", {"i": i}) for i in range(50)]
     async with subscribe(http, server, "r/", last_event_id=last_seen) as stream:
         events = await stream.changes(50)
@@ -92,8 +99,7 @@ async def test_resume_from_ring_gets_exactly_the_missed_changes(
 
 async def test_resume_below_the_ring_gets_one_reset(make_server: Any, http: aiohttp.ClientSession) -> None:
     server = await make_server(limits=Limits(max_body_bytes=65536, subscriber_queue=256, history_ring=10))
-    async with subscribe(http, server) as stream:
-        last_seen = (await stream.next()).id
+    last_seen = await resume_point(http, server)
     for i in range(50):
         await push(http, server, f"r/n{i % 5}", {"i": i})
     async with subscribe(http, server, last_event_id=last_seen) as stream:
@@ -252,8 +258,7 @@ async def test_restarted_server_replays_from_history_instead_of_reset(
 ) -> None:
     first = await make_server()
     await push(http, first, "h/a", {"v": 1})
-    async with subscribe(http, first, "h/") as stream:
-        last_seen = (await stream.next()).id
+    last_seen = await resume_point(http, first, "h/")
     missed = [await push(http, first, ns, {"v": 2}) for ns in ("h/a", "h/b")]
     async with http.delete(f"{first.url}/v1/namespaces/h/b", headers=first.auth()) as resp:
         missed.append(await resp.json())
@@ -274,8 +279,7 @@ async def test_restart_after_a_write_around_the_api_falls_back_to_reset(
 ) -> None:
     first = await make_server()
     await push(http, first, "h/a", {"v": 1})
-    async with subscribe(http, first, "h/") as stream:
-        last_seen = (await stream.next()).id
+    last_seen = await resume_point(http, first, "h/")
     record = {"version": 9, "op": "push", "kind": "config", "doc": {"by": "etcdctl"}}
     first.etcd.ctl("put", KeyLayout(first.prefix).doc_key("h/a").decode(), orjson.dumps(record).decode())
     await first.stop()
