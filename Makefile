@@ -39,6 +39,7 @@ test-etcd34: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(PY) bench/bench_fanout.py
 	$(PY) bench/bench_route.py
+	$(PY) bench/bench_sdk.py
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
