@@ -13,18 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import sys
 import time
-from pathlib import Path
 
 import aiohttp
+from bench_fanout import TOKEN, pct, serve, wait_ready
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fanout import TOKEN, pct, serve, wait_ready  # noqa: E402
-
-from configcenter.embedded_etcd import EtcdCluster, free_port  # noqa: E402
-from configcenter.settings import Settings  # noqa: E402
-from configcenter_sdk import ConfigClient  # noqa: E402
+from configcenter.embedded_etcd import EtcdCluster, free_port
+from configcenter.settings import Settings
+from configcenter_sdk import ConfigClient
 
 
 def table(n: int) -> dict[str, object]:
