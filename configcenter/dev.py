@@ -112,7 +112,7 @@ def run_dev(options: DevOptions) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     previous = signal.signal(signal.SIGTERM, _interrupt)  # until the event loop takes over
     try:
-        cluster = EtcdCluster(1, workdir=data_dir)
+        cluster = EtcdCluster(1, workdir=data_dir, avoid_ports={port})
         try:
             cluster.start()
             settings = Settings(host=host, port=port, etcd_endpoints=tuple(cluster.endpoints),

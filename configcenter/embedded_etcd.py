@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,11 +50,22 @@ def find_etcd_binary(name: str = "etcd") -> Path:
     )
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (good enough on a test machine)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+_HANDED_OUT: set[int] = set()
+
+
+def free_port(host: str = "127.0.0.1", exclude: Collection[int] = ()) -> int:
+    """A port that was free a moment ago, never one this process handed out before or ``exclude``.
+
+    The kernel may offer a just-released port again; remembering what we
+    handed out keeps two members (or etcd and the server) off the same port.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT and port not in exclude:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclass
@@ -145,12 +157,18 @@ class EtcdMember:
 class EtcdCluster:
     """One or more etcd members on loopback, each in its own data dir under ``workdir``."""
 
-    def __init__(self, size: int = 1, workdir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, size: int = 1, workdir: str | os.PathLike[str] | None = None, avoid_ports: Collection[int] = (),
+    ) -> None:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="configcenter-etcd-", dir=_fast_tmp())
         root = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         root.mkdir(parents=True, exist_ok=True)
         binary = find_etcd_binary()
-        self.members = [EtcdMember(f"m{i}", root / f"m{i}", binary=binary) for i in range(size)]
+        self.members = [
+            EtcdMember(f"m{i}", root / f"m{i}", free_port(exclude=avoid_ports), free_port(exclude=avoid_ports),
+                       binary=binary)
+            for i in range(size)
+        ]
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         for member in self.members:
             member.initial_cluster = initial

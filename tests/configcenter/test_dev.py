@@ -35,7 +35,9 @@ def processes_using(fragment: str) -> list[int]:
 async def wait_for_examples(http: aiohttp.ClientSession, url: str, proc: subprocess.Popen[str]) -> list[str]:
     deadline = asyncio.get_running_loop().time() + 30
     while asyncio.get_running_loop().time() < deadline:
-        assert proc.poll() is None, f"dev exited early with {proc.returncode}"
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"dev exited early with {proc.returncode}: {err.strip()}")
         try:
             async with http.get(f"{url}/readyz") as ready:
                 if ready.status == 200:
