@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from configcenter.embedded_etcd import free_port
+from configcenter.embedded_etcd import EtcdCluster, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_NAMESPACES = ["orders/config", "orders/routes", "payment/routes"]
@@ -114,3 +114,46 @@ async def test_dev_keeps_data_between_runs(tmp_path: Path, http: aiohttp.ClientS
         assert code == 0, err
         assert banner.count("loaded revision" if run == 0 else "already present") == 3
     assert processes_using(str(data_dir)) == []
+
+
+async def test_serve_with_a_config_file_serves_and_stops_on_sigterm(
+    tmp_path: Path, etcd: EtcdCluster, http: aiohttp.ClientSession,
+) -> None:
+    port = free_port()
+    config = tmp_path / "server.yaml"
+    config.write_text(
+        f"listen: 127.0.0.1:{port}\n"
+        f"etcd: {{endpoints: [{etcd.endpoints[0]}], prefix: /cc-serve-{port}/}}\n"
+        "auth: {tokens: [{token: serve-writer, role: writer}]}\n"
+        "limits: {max_body_bytes: 2048}\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "configcenter", "serve", "--config", str(config)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            assert proc.poll() is None and asyncio.get_running_loop().time() < deadline, "serve did not start"
+            try:
+                async with http.get(f"{url}/readyz") as ready:
+                    if ready.status == 200:
+                        break
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+        body = {"kind": "config", "doc": {"from": "serve"}}
+        async with http.put(f"{url}/v1/namespaces/serve/cfg", json=body,
+                            headers={"Authorization": "Bearer serve-writer"}) as resp:
+            assert resp.status == 201
+        big = {"kind": "config", "doc": {"blob": "x" * 4096}}
+        async with http.put(f"{url}/v1/namespaces/serve/cfg", json=big,
+                            headers={"Authorization": "Bearer serve-writer"}) as resp:
+            assert resp.status == 413  # the config file's limit is in force
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.to_thread(proc.communicate, timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert f"listening on http://127.0.0.1:{port}" in err
