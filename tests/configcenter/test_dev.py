@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -69,6 +71,17 @@ def start_dev(port: int, data_dir: Path) -> subprocess.Popen[str]:
     )
 
 
+@contextlib.contextmanager
+def reaped(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """Kill ``proc`` on the way out if the test did not stop it (never leave etcd or a server behind)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 async def stop_dev(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     proc.send_signal(signal.SIGTERM)
     out, err = await asyncio.to_thread(proc.communicate, timeout=30)
@@ -78,8 +91,7 @@ async def stop_dev(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
 async def test_dev_loads_examples_and_stops_cleanly(tmp_path: Path, http: aiohttp.ClientSession) -> None:
     data_dir = tmp_path / "etcd"
     port = free_port()
-    proc = start_dev(port, data_dir)
-    try:
+    with reaped(start_dev(port, data_dir)) as proc:
         names = await wait_for_examples(http, f"http://127.0.0.1:{port}", proc)
         assert names == EXAMPLE_NAMESPACES
         banner = await asyncio.wait_for(asyncio.to_thread(read_banner, proc), 30)
@@ -88,10 +100,6 @@ async def test_dev_loads_examples_and_stops_cleanly(tmp_path: Path, http: aiohtt
             assert (await resp.json())["cluster"] == "payment-canary"
         assert processes_using(str(data_dir))  # etcd is running on our data dir
         code, _, err = await stop_dev(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert code == 0, err
     assert f"http://127.0.0.1:{port}" in banner and "export CONFIGCENTER_TOKEN=" in banner
     assert banner.count("loaded revision") == 3
@@ -102,15 +110,10 @@ async def test_dev_keeps_data_between_runs(tmp_path: Path, http: aiohttp.ClientS
     data_dir = tmp_path / "etcd"
     for run in range(2):
         port = free_port()
-        proc = start_dev(port, data_dir)
-        try:
+        with reaped(start_dev(port, data_dir)) as proc:
             assert await wait_for_examples(http, f"http://127.0.0.1:{port}", proc) == EXAMPLE_NAMESPACES
             banner = await asyncio.wait_for(asyncio.to_thread(read_banner, proc), 30)
             code, _, err = await stop_dev(proc)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         assert code == 0, err
         assert banner.count("loaded revision" if run == 0 else "already present") == 3
     assert processes_using(str(data_dir)) == []
@@ -127,10 +130,10 @@ async def test_serve_with_a_config_file_serves_and_stops_on_sigterm(
         "auth: {tokens: [{token: serve-writer, role: writer}]}\n"
         "limits: {max_body_bytes: 2048}\n"
     )
-    proc = subprocess.Popen([sys.executable, "-m", "configcenter", "serve", "--config", str(config)],
+    serve = subprocess.Popen([sys.executable, "-m", "configcenter", "serve", "--config", str(config)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    try:
+    with reaped(serve) as proc:
         deadline = asyncio.get_running_loop().time() + 30
         while True:
             assert proc.poll() is None and asyncio.get_running_loop().time() < deadline, "serve did not start"
@@ -151,9 +154,5 @@ async def test_serve_with_a_config_file_serves_and_stops_on_sigterm(
             assert resp.status == 413  # the config file's limit is in force
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.to_thread(proc.communicate, timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err
     assert f"listening on http://127.0.0.1:{port}" in err
