@@ -16,9 +16,6 @@ from typing import Any
 
 from aiohttp import web
 
-from configcenter_sdk.errors import RouteTableError
-from configcenter_sdk.routing import compile_table
-
 from . import errors
 from .codec import dump_json, parse_body
 from .diffing import structured_diff, unified_patch
@@ -183,13 +180,7 @@ async def evaluate_route(request: web.Request) -> web.Response:
     headers = body.get("headers") if isinstance(body, dict) else None
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
         raise errors.InvalidBodyError("body must be {headers: {name: value, ...}} with string values")
-    release = await runtime.current(ns)
-    if release.kind != "routes" or release.doc is None:
-        raise errors.ConflictError(f"namespace {ns!r} holds a {release.kind} document, not a route table")
-    try:
-        decision = compile_table(release.doc, release.revision).route(headers)
-    except RouteTableError as exc:
-        raise errors.ConflictError(f"stored route table of {ns!r} does not compile: {exc}") from exc
+    decision = (await runtime.route_table(ns)).route(headers)
     return json_response({"ns": ns, "cluster": decision.cluster, "rule_id": decision.rule_id,
                           "revision": decision.revision})
 

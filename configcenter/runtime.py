@@ -12,9 +12,12 @@ from typing import Any
 
 from aiohttp import web
 
+from configcenter_sdk.errors import RouteTableError
+from configcenter_sdk.routing import RouteTable, compile_table
+
 from . import _etcd
 from .auth import TokenAuth
-from .errors import EtcdUnavailableError, NotFoundError
+from .errors import ConflictError, EtcdUnavailableError, NotFoundError
 from .hub import Hub
 from .metrics import Metrics
 from .mirror import Mirror
@@ -35,6 +38,7 @@ class Runtime:
                              tuning=settings.watch, metrics=self.metrics)
         self.hub = Hub(self.mirror, self.metrics, queue_size=settings.limits.subscriber_queue,
                        progress_interval=settings.watch.progress_interval)
+        self._tables: dict[str, RouteTable] = {}
 
     async def start(self) -> None:
         await self.client.connect()
@@ -56,6 +60,21 @@ class Runtime:
         if release is None:
             raise NotFoundError(f"namespace {ns!r} does not exist", namespace=ns)
         return release
+
+    async def route_table(self, ns: str) -> RouteTable:
+        """The compiled route table of ``ns``, compiled once per revision (not once per request)."""
+        release = await self.current(ns)
+        if release.kind != "routes" or release.doc is None:
+            raise ConflictError(f"namespace {ns!r} holds a {release.kind} document, not a route table")
+        cached = self._tables.get(ns)
+        if cached is not None and cached.revision == release.revision:
+            return cached
+        try:
+            table = compile_table(release.doc, release.revision)
+        except RouteTableError as exc:
+            raise ConflictError(f"stored route table of {ns!r} does not compile: {exc}") from exc
+        self._tables[ns] = table
+        return table
 
     async def list(self, prefix: str) -> tuple[int, list[Release]]:
         if not self.mirror.ready.is_set():
