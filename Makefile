@@ -34,7 +34,7 @@ test: lint $(VENV)/.installed-test
 # The server's etcd-facing tests again against etcd 3.4 (e.g. Debian's etcd-server at /usr/bin/etcd).
 ETCD34 ?= /usr/bin/etcd
 test-etcd34: $(VENV)/.installed-test
-	CONFIGCENTER_ETCD_BIN=$(ETCD34) $(PY) -m pytest -q tests/configcenter/test_store.py tests/configcenter/test_watch.py tests/configcenter/test_api.py
+	CONFIGCENTER_ETCD_BIN=$(ETCD34) $(PY) -m pytest -q tests/configcenter/server
 
 bench: $(VENV)/.installed-test
 	$(PY) bench/bench_fanout.py

@@ -21,8 +21,8 @@ import time
 
 import aiohttp
 
-from configcenter.embedded_etcd import EtcdCluster, free_port
-from configcenter.settings import Limits, Settings, WatchTuning
+from configcenter.cli.embedded_etcd import EtcdCluster, free_port
+from configcenter.server.settings import Limits, Settings, WatchTuning
 
 TOKEN = "bench-writer"
 
@@ -30,7 +30,7 @@ TOKEN = "bench-writer"
 def serve(settings: Settings) -> None:
     from aiohttp import web
 
-    from configcenter.runtime import create_app
+    from configcenter.server.app import create_app
 
     web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None, access_log=None)
 

@@ -18,8 +18,8 @@ import time
 import aiohttp
 from bench_fanout import TOKEN, pct, serve, wait_ready
 
-from configcenter.embedded_etcd import EtcdCluster, free_port
-from configcenter.settings import Settings
+from configcenter.cli.embedded_etcd import EtcdCluster, free_port
+from configcenter.server.settings import Settings
 from configcenter_sdk import ConfigClient
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from configcenter.embedded_etcd import EtcdCluster
+from configcenter.cli.embedded_etcd import EtcdCluster
 from helpers import RunningServer, server_settings, start_server
 
 

@@ -11,9 +11,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from configcenter.embedded_etcd import EtcdCluster, free_port
-from configcenter.runtime import RUNTIME, Runtime, create_app, wait_ready
-from configcenter.settings import Limits, Settings, WatchTuning
+from configcenter.cli.embedded_etcd import EtcdCluster, free_port
+from configcenter.server.app import create_app
+from configcenter.server.runtime import RUNTIME, Runtime, wait_ready
+from configcenter.server.settings import Limits, Settings, WatchTuning
 
 WRITER = "test-writer-token"
 READER = "test-reader-token"

@@ -140,7 +140,7 @@ async def test_gap_fetches_snapshot_from_server(server: RunningServer, http: aio
 
 
 async def test_unreachable_backend_without_snapshot(tmp_path: Any) -> None:
-    from configcenter.embedded_etcd import free_port
+    from configcenter.cli.embedded_etcd import free_port
     from configcenter_sdk import BackendUnavailableError
 
     url = f"http://127.0.0.1:{free_port()}"

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from configcenter.embedded_etcd import EtcdCluster, free_port
+from configcenter.cli.embedded_etcd import EtcdCluster, free_port
 from configcenter_sdk import ConfigClient
 from configcenter_sdk.snapshot import filename_for
 from helpers import RunningServer, eventually

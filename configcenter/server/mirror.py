@@ -34,12 +34,12 @@ import grpc
 import orjson
 from etcd3aio import Etcd3Client, prefix_range_end
 
-from . import _etcd
+from ..model import Release
+from . import etcd as _etcd
 from ._backfill import recent_changes
 from ._mirror_watch import ProgressVerifier, WatchSession
 from .changes import Change, ChangeRing
 from .metrics import Metrics
-from .model import Release
 from .settings import WatchTuning
 
 log = logging.getLogger("configcenter.mirror")

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from .model import Release
+from ..model import Release
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 ETCD_BIN_ENV = "CONFIGCENTER_ETCD_BIN"
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ruamel.yaml import YAML, YAMLError
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 ROLES = ("writer", "reader")
 

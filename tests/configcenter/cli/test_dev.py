@@ -13,9 +13,9 @@ from pathlib import Path
 
 import aiohttp
 
-from configcenter.embedded_etcd import EtcdCluster, free_port
+from configcenter.cli.embedded_etcd import EtcdCluster, free_port
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 EXAMPLE_NAMESPACES = ["orders/config", "orders/routes", "payment/routes"]
 
 

@@ -16,11 +16,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import _cli_output as out
-from ._cli_client import EXIT_OK, EXIT_USAGE, Client, CliError, WatchOptions, usage_error, watch
-from .codec import parse_json, parse_yaml
-from .errors import ConfigCenterError, InvalidBodyError
-from .model import KINDS, validate_namespace, validate_prefix
+from ..codec import parse_json, parse_yaml
+from ..errors import ConfigCenterError, InvalidBodyError
+from ..model import KINDS, validate_namespace, validate_prefix
+from . import output as out
+from .client import EXIT_OK, EXIT_USAGE, Client, CliError, WatchOptions, usage_error, watch
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 30.0

@@ -27,9 +27,9 @@ import orjson
 from etcd3aio import Etcd3Client, SortOrder, SortTarget, prefix_range_end
 from etcd3aio._protobuf import Compare
 
-from ._etcd import KeyLayout, etcd_errors
-from .errors import ConflictError, NotFoundError, PreconditionFailedError
-from .model import Op, Release
+from ..errors import ConflictError, NotFoundError, PreconditionFailedError
+from ..model import Op, Release
+from .etcd import KeyLayout, etcd_errors
 
 _CAS_ATTEMPTS = 16
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from .errors import ForbiddenError, UnauthorizedError
+from ..errors import ForbiddenError, UnauthorizedError
 
 
 class TokenAuth:

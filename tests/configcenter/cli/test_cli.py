@@ -19,10 +19,10 @@ import orjson
 import pytest
 
 from configcenter import cli
-from configcenter.embedded_etcd import free_port
+from configcenter.cli.embedded_etcd import free_port
 from helpers import WRITER, RunningServer
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 NS = "team/app"
 
 

@@ -23,9 +23,9 @@ from typing import Any
 import orjson
 from etcd3aio import SortOrder, SortTarget, prefix_range_end
 
-from ._etcd import KeyLayout
+from ..model import Release
 from .changes import Change
-from .model import Release
+from .etcd import KeyLayout
 
 _LOOKUP_BATCH = 64
 

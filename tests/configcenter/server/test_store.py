@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from configcenter._etcd import KeyLayout, connect
-from configcenter.embedded_etcd import EtcdCluster
+from configcenter.cli.embedded_etcd import EtcdCluster
 from configcenter.errors import ConflictError, NotFoundError, PreconditionFailedError
-from configcenter.store import Store
+from configcenter.server.etcd import KeyLayout, connect
+from configcenter.server.store import Store
 
 
 @pytest.fixture

@@ -30,12 +30,13 @@ from typing import Any
 
 from aiohttp import web
 
-from ._cli_client import EXIT_OK, EXIT_USAGE, Client, CliError
-from .codec import parse_yaml
+from ..codec import parse_yaml
+from ..errors import ConfigCenterError
+from ..server.app import create_app
+from ..server.runtime import RUNTIME, Runtime, wait_ready
+from ..server.settings import Settings, load_settings, parse_listen
+from .client import EXIT_OK, EXIT_USAGE, Client, CliError
 from .embedded_etcd import EtcdCluster
-from .errors import ConfigCenterError
-from .runtime import RUNTIME, Runtime, create_app, wait_ready
-from .settings import Settings, load_settings, parse_listen
 
 NAMESPACE_LINE = re.compile(r"^#\s*namespace:\s*(\S+)\s*$")
 DEV_AUTHOR = "configcenter-dev"
@@ -57,7 +58,7 @@ class Example:
 def default_examples_dir() -> Path:
     """``./examples`` when it exists, else the repository's ``examples/`` next to the package."""
     local = Path.cwd() / "examples"
-    return local if local.is_dir() else Path(__file__).resolve().parent.parent / "examples"
+    return local if local.is_dir() else Path(__file__).resolve().parents[2] / "examples"
 
 
 def find_examples(directory: Path) -> list[Example]:

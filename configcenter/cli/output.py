@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from .codec import dump_yaml
+from ..codec import dump_yaml
 
 MAX_CELL = 60
 

@@ -1,6 +1,6 @@
 """The running server's parts wired together: etcd client, store, mirror, hub, auth, metrics.
 
-``create_app`` builds an aiohttp application whose start-up connects to etcd
+``app.create_app`` builds an aiohttp application around a ``Runtime`` whose start-up connects to etcd
 and starts the mirror without waiting for etcd: a server started while etcd
 is down serves ``/healthz``, reports not ready, and catches up when etcd comes.
 """
@@ -15,13 +15,13 @@ from aiohttp import web
 from configcenter_sdk.errors import RouteTableError
 from configcenter_sdk.routing import RouteTable, compile_table
 
-from . import _etcd
+from ..errors import ConflictError, EtcdUnavailableError, NotFoundError
+from ..model import Release
+from . import etcd as _etcd
 from .auth import TokenAuth
-from .errors import ConflictError, EtcdUnavailableError, NotFoundError
 from .hub import Hub
 from .metrics import Metrics
 from .mirror import Mirror
-from .model import Release
 from .settings import Settings
 from .store import Store
 
@@ -101,23 +101,6 @@ class Runtime:
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
-
-
-def create_app(settings: Settings) -> web.Application:
-    from .api import add_routes, error_middleware
-
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.limits.max_body_bytes)
-    runtime = Runtime(settings)
-    app[RUNTIME] = runtime
-    add_routes(app)
-
-    async def lifecycle(app: web.Application) -> Any:
-        await runtime.start()
-        yield
-        await runtime.close()
-
-    app.cleanup_ctx.append(lifecycle)
-    return app
 
 
 async def wait_ready(runtime: Runtime, timeout: float) -> None:

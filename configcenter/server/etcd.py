@@ -17,7 +17,7 @@ from etcd3aio import Etcd3Client, EtcdError
 # drives the Watch stream itself with the generated stubs it ships.
 from etcd3aio._protobuf import rpc_pb2, rpc_pb2_grpc
 
-from .errors import EtcdUnavailableError
+from ..errors import EtcdUnavailableError
 
 WatchRequest = rpc_pb2.WatchRequest
 WatchCreateRequest = rpc_pb2.WatchCreateRequest

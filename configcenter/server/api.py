@@ -16,12 +16,12 @@ from typing import Any
 
 from aiohttp import web
 
-from . import errors
-from .codec import dump_json, parse_body
-from .diffing import structured_diff, unified_patch
-from .model import Release, validate_namespace, validate_prefix
+from .. import errors
+from ..codec import dump_json, parse_body
+from ..diffing import structured_diff, unified_patch
+from ..model import Release, validate_namespace, validate_prefix
+from ..validation import parse_envelope, validate_document
 from .runtime import RUNTIME, Runtime
-from .validation import parse_envelope, validate_document
 
 log = logging.getLogger("configcenter.api")
 NS = "{ns:.+}"

@@ -23,7 +23,7 @@ from typing import Any
 
 from etcd3aio import Etcd3Client, prefix_range_end
 
-from . import _etcd
+from . import etcd as _etcd
 
 
 class WatchSession:

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from . import _cli_output as out
+from . import output as out
 
 EXIT_OK = 0
 EXIT_SERVER_ERROR = 1

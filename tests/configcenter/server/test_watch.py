@@ -17,8 +17,8 @@ import aiohttp
 import orjson
 import pytest
 
-from configcenter._etcd import KeyLayout
-from configcenter.settings import Limits
+from configcenter.server.etcd import KeyLayout
+from configcenter.server.settings import Limits
 from helpers import RunningServer, SSEEvent, SSEStream, envelope, eventually, start_cluster
 
 
