@@ -22,9 +22,17 @@ ROLES = ("writer", "reader")
 
 @dataclass(frozen=True)
 class Limits:
-    max_body_bytes: int = 1_048_576
+    """Bounds on everything a client controls (see ``docs/bad-input.md``)."""
+
+    max_body_bytes: int = 1_048_576  # raw request body, checked before reading it
+    max_doc_bytes: int = 1_048_576  # the document after YAML alias expansion, as encoded JSON
+    max_depth: int = 64  # nesting of a request body (JSON and YAML alike)
+    max_regex_program_size: int = 100  # RE2 program size of one header regex (Envoy's default)
     subscriber_queue: int = 1024
     history_ring: int = 10_000
+    header_timeout: float = 10.0  # seconds for a connection to deliver complete request headers
+    max_connections: int = 16_384  # open client connections (SSE streams included); more are refused
+    cpu_workers: int = 2  # threads for parse / validate / diff / compile of request bodies
 
 
 @dataclass(frozen=True)
