@@ -28,11 +28,10 @@ TOKEN = "bench-writer"
 
 
 def serve(settings: Settings) -> None:
-    from aiohttp import web
+    """The server as `configcenter serve` runs it (connection guard included), in this process."""
+    from configcenter.server.app import serve as serve_forever
 
-    from configcenter.server.app import create_app
-
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None, access_log=None)
+    asyncio.run(serve_forever(settings))
 
 
 async def wait_ready(url: str) -> None:

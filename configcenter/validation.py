@@ -71,7 +71,7 @@ def parse_envelope(data: Any) -> PushRequest:
     return PushRequest(kind, data["doc"], data.get("message", ""), data.get("author", ""))
 
 
-def validate_document(kind: str, doc: dict[str, Any]) -> None:
+def validate_document(kind: str, doc: dict[str, Any], *, max_regex_program_size: int | None = None) -> None:
     """Raise ``SchemaViolationError`` (422) listing every violated path, or return silently."""
     violations = [_violation(e) for e in _sorted(validator(kind).iter_errors(doc))][:_MAX_VIOLATIONS]
     if not violations and kind == "routes":

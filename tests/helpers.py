@@ -12,7 +12,7 @@ import orjson
 from aiohttp import web
 
 from configcenter.cli.embedded_etcd import EtcdCluster, free_port
-from configcenter.server.app import create_app
+from configcenter.server.app import create_app, start_site
 from configcenter.server.runtime import RUNTIME, Runtime, wait_ready
 from configcenter.server.settings import Limits, Settings, WatchTuning
 
@@ -64,7 +64,7 @@ async def start_server(settings: Settings, cluster: EtcdCluster, *, wait: bool =
     app = create_app(settings)
     runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port).start()
+    await start_site(runner, settings.host, settings.port)
     runtime = app[RUNTIME]
     if wait:
         await wait_ready(runtime, 10)

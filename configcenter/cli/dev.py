@@ -28,12 +28,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from aiohttp import web
-
 from ..codec import parse_yaml
 from ..errors import ConfigCenterError
-from ..server.app import create_app
-from ..server.runtime import RUNTIME, Runtime, wait_ready
+from ..server.app import serve
+from ..server.runtime import Runtime, wait_ready
 from ..server.settings import Settings, load_settings, parse_listen
 from .client import EXIT_OK, EXIT_USAGE, Client, CliError
 from .embedded_etcd import EtcdCluster
@@ -96,7 +94,9 @@ def run_serve(config: str | None, *, listen: str | None, etcd: str | None, prefi
     if "writer" not in settings.tokens.values():
         serve_log.warning("no writer token configured (auth.tokens): every write will be refused")
     try:
-        web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+        asyncio.run(serve(settings))
+    except KeyboardInterrupt:
+        pass
     except OSError as exc:
         raise CliError(f"cannot listen on {settings.listen}: {exc.strerror or exc}", EXIT_USAGE) from exc
     return EXIT_OK
@@ -136,30 +136,17 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 async def _serve(settings: Settings, examples: Path, data_dir: Path) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # from here on a signal means "stop cleanly"
-        loop.add_signal_handler(sig, stop.set)
-    app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        try:
-            await web.TCPSite(runner, settings.host, settings.port).start()
-        except OSError as exc:
-            raise CliError(f"cannot listen on {settings.listen}: {exc.strerror or exc}", EXIT_USAGE) from exc
-        runtime: Runtime = app[RUNTIME]
+    async def announce(runtime: Runtime) -> None:
         await wait_ready(runtime, 30)
         url = f"http://{settings.listen}"
         token = next(iter(settings.tokens))
-        if not stop.is_set():
-            loaded = await load_examples(url, token, find_examples(examples))
-            print(banner(url, token, settings, data_dir, loaded), flush=True)
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        await runner.cleanup()
+        loaded = await load_examples(url, token, find_examples(examples))
+        print(banner(url, token, settings, data_dir, loaded), flush=True)
+
+    try:
+        await serve(settings, on_ready=announce)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {settings.listen}: {exc.strerror or exc}", EXIT_USAGE) from exc
 
 
 async def load_examples(url: str, token: str, examples: list[Example]) -> list[str]:

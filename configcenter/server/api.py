@@ -61,7 +61,7 @@ def int_param(request: web.Request, name: str, default: int | None = None, minim
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or int(raw) < minimum:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < minimum:  # isdigit alone admits '²', int() refuses it
         raise errors.InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {raw!r}", parameter=name)
     return int(raw)
 
@@ -71,17 +71,19 @@ def if_match(request: web.Request) -> int | None:
     if raw is None:
         return None
     value = raw.strip().strip('"')
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise errors.InvalidArgumentError(f"If-Match must be a revision number, got {raw!r}")
     return int(value)
 
 
 async def read_body(request: web.Request) -> Any:
-    limit = rt(request).settings.limits.max_body_bytes
+    """The parsed body, size-checked before reading and parsed off the event loop within the limits."""
+    runtime = rt(request)
+    limit = runtime.settings.limits.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise errors.PayloadTooLargeError(
             f"request body of {request.content_length} bytes exceeds the {limit}-byte limit")
-    return parse_body(await request.read(), request.content_type)
+    return await runtime.offload(parse_body, await request.read(), request.content_type, runtime.parse_limits)
 
 
 def release_response(release: Release, runtime: Runtime, status: int = 200) -> web.Response:
@@ -93,7 +95,8 @@ async def push(request: web.Request) -> web.Response:
     runtime.auth.require_write(request)
     ns = validate_namespace(request.match_info["ns"])
     envelope = parse_envelope(await read_body(request))
-    validate_document(envelope.kind, envelope.doc)
+    await runtime.offload(validate_document, envelope.kind, envelope.doc,
+                          max_regex_program_size=runtime.settings.limits.max_regex_program_size)
     release = await runtime.store.push(
         ns, envelope.kind, envelope.doc, author=envelope.author, message=envelope.message, if_match=if_match(request)
     )
@@ -149,11 +152,20 @@ async def diff(request: web.Request) -> web.Response:
         raise errors.InvalidArgumentError("diff needs ?from=REVISION (and optionally &to=REVISION)")
     old = await runtime.store.get_at(ns, from_rev)
     new = await runtime.store.get_at(ns, to_rev) if to_rev is not None else await runtime.store.get(ns)
-    return json_response({
+    key = (ns, old.revision, new.revision)
+    body = runtime.diffs.get(key)
+    if body is None:
+        body = runtime.diffs[key] = await runtime.offload(diff_body, ns, old, new)
+    return json_response(body)
+
+
+def diff_body(ns: str, old: Release, new: Release) -> dict[str, Any]:
+    """The diff response (CPU-heavy for large documents: runs on the worker threads)."""
+    return {
         "ns": ns, "from": old.revision, "to": new.revision,
         "changes": structured_diff(old.doc, new.doc),
         "patch": unified_patch(old.doc, new.doc, f"{ns}@{old.revision}", f"{ns}@{new.revision}"),
-    })
+    }
 
 
 async def rollback(request: web.Request) -> web.Response:

@@ -8,17 +8,38 @@ reports not ready, and catches up when etcd comes.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import resource
+import signal
+import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from .api import add_routes, error_middleware
+from .api import Handler, add_routes, error_middleware
+from .listener import GuardedSite
 from .runtime import RUNTIME, Runtime
 from .settings import Settings
 
+log = logging.getLogger("configcenter.serve")
+
+
+@web.middleware
+async def connection_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tell the connection guard that this request's headers are complete (lifts its deadline)."""
+    guard = request.app[RUNTIME].connections
+    guard.request_started(request.transport)
+    try:
+        return await handler(request)
+    finally:
+        guard.request_finished(request.transport)
+
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.limits.max_body_bytes)
+    app = web.Application(middlewares=[connection_middleware, error_middleware],
+                          client_max_size=settings.limits.max_body_bytes)
     runtime = Runtime(settings)
     app[RUNTIME] = runtime
     add_routes(app)
@@ -30,3 +51,46 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+async def start_site(runner: web.AppRunner, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None,
+                     reuse_port: bool | None = None) -> GuardedSite:
+    """Listen for ``runner``'s app (set up already) through its runtime's connection guard."""
+    guard = runner.app[RUNTIME].connections
+    site = GuardedSite(runner, host, port, guard, ssl_context=ssl_context, reuse_port=reuse_port)
+    await site.start()
+    return site
+
+
+async def serve(settings: Settings, *, ssl_context: ssl.SSLContext | None = None,
+                on_ready: Callable[[Runtime], Awaitable[None]] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM, then stop cleanly.  ``OSError`` if the address cannot be bound.
+
+    ``on_ready`` runs once the listener is up (it may wait for etcd itself).
+    """
+    raise_fd_limit(settings.limits.max_connections + 256)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(create_app(settings), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await start_site(runner, settings.host, settings.port, ssl_context=ssl_context)
+        if on_ready is not None:
+            await on_ready(runner.app[RUNTIME])
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+
+
+def raise_fd_limit(wanted: int) -> None:
+    """Lift the soft open-files limit towards ``wanted`` (never above the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning("open-files limit %d is below limits.max_connections + 256 = %d", target, wanted)

@@ -20,6 +20,9 @@ _HELP = {
     "configcenter_subscriber_overflows_total": ("counter", "subscriber queues dropped for overflow (sent a reset)"),
     "configcenter_changes_sent_total": ("counter", "change events written to subscribers"),
     "configcenter_stale_seconds": ("gauge", "seconds since etcd last answered (0 while connected)"),
+    "configcenter_open_connections": ("gauge", "open client connections (SSE streams included)"),
+    "configcenter_connections_refused_total": ("counter", "connections refused at limits.max_connections"),
+    "configcenter_header_timeouts_total": ("counter", "connections closed: request headers incomplete in time"),
     "configcenter_propagation_seconds": ("histogram", "commit (server clock) to change event written to a subscriber"),
 }
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

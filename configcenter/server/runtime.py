@@ -8,22 +8,30 @@ is down serves ``/healthz``, reports not ready, and catches up when etcd comes.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from aiohttp import web
+from cachetools import LRUCache
 
 from configcenter_sdk.errors import RouteTableError
 from configcenter_sdk.routing import RouteTable, compile_table
 
+from ..codec import ParseLimits
 from ..errors import ConflictError, EtcdUnavailableError, NotFoundError
 from ..model import Release
 from . import etcd as _etcd
 from .auth import TokenAuth
 from .hub import Hub
+from .listener import ConnectionGuard
 from .metrics import Metrics
 from .mirror import Mirror
 from .settings import Settings
 from .store import Store
+
+T = TypeVar("T")
 
 
 class Runtime:
@@ -39,6 +47,12 @@ class Runtime:
         self.hub = Hub(self.mirror, self.metrics, queue_size=settings.limits.subscriber_queue,
                        progress_interval=settings.watch.progress_interval)
         self._tables: dict[str, RouteTable] = {}
+        self.connections = ConnectionGuard(settings.limits.max_connections, settings.limits.header_timeout,
+                                           self.metrics)
+        self.parse_limits = ParseLimits(settings.limits.max_doc_bytes, settings.limits.max_depth)
+        # (ns, from, to) -> diff body: revisions are immutable, so a diff never goes stale
+        self.diffs: LRUCache[tuple[str, int, int], dict[str, Any]] = LRUCache(maxsize=16)
+        self._cpu = ThreadPoolExecutor(settings.limits.cpu_workers, thread_name_prefix="configcenter-cpu")
 
     async def start(self) -> None:
         await self.client.connect()
@@ -47,6 +61,16 @@ class Runtime:
     async def close(self) -> None:
         await self.mirror.stop()
         await self.client.close()
+        self._cpu.shutdown(wait=False, cancel_futures=True)
+
+    async def offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run CPU-heavy request work (parse, validate, diff, compile) on the worker threads.
+
+        The event loop keeps serving ``/healthz`` and SSE streams meanwhile; at most
+        ``limits.cpu_workers`` such jobs run at once, the rest queue (FIFO).
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._cpu, functools.partial(fn, *args, **kwargs))
 
     async def visible(self, revision: int) -> None:
         """Give the mirror a moment to apply our own write so a following read sees it."""
@@ -70,7 +94,7 @@ class Runtime:
         if cached is not None and cached.revision == release.revision:
             return cached
         try:
-            table = compile_table(release.doc, release.revision)
+            table = await self.offload(compile_table, release.doc, release.revision)
         except RouteTableError as exc:
             raise ConflictError(f"stored route table of {ns!r} does not compile: {exc}") from exc
         self._tables[ns] = table

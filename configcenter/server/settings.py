@@ -103,7 +103,7 @@ def load_settings(
 
 def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
-        data = YAML(typ="safe").load(Path(path).read_text())
+        data = YAML(typ="safe", pure=True).load(Path(path).read_text())
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     except YAMLError as exc:
