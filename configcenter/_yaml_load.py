@@ -23,7 +23,6 @@ column of the offending node.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 import time
@@ -54,7 +53,6 @@ _NONFINITE = frozenset({".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF", "-.in
                         ".nan", ".NaN", ".NAN"})
 _INT64 = (-(2**63), 2**64 - 1)
 _TAGGED_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool, "null": type(None)}
-_HAVE_LIBYAML = importlib.util.find_spec("ruamel.yaml.clib") is not None
 _CHECK_EVERY = 512  # events between two looks at the clock
 
 
@@ -256,8 +254,8 @@ def _resolve(text: str) -> Any:
 def _parsers() -> list[YAML]:
     """libyaml's parser (fast), then ruamel's own (slow, but it accepts YAML 1.2 that libyaml,
     a YAML 1.1 parser, refuses, e.g. ``[host:port]`` in flow context)."""
-    exact = YAML(typ="safe", pure=True)
-    return [YAML(typ="safe", pure=False), exact] if _HAVE_LIBYAML else [exact]
+    fast, exact = YAML(typ="safe", pure=False), YAML(typ="safe", pure=True)
+    return [exact] if fast.Parser is exact.Parser else [fast, exact]  # same class: no ruamel.yaml.clib
 
 
 def load_bounded(text: str, *, max_bytes: int, max_depth: int, max_seconds: float = 10.0) -> Any:

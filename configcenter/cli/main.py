@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..codec import parse_json, parse_yaml
-from ..errors import ConfigCenterError, InvalidBodyError
+from ..errors import ConfigCenterError, InvalidBodyError, PayloadTooLargeError
 from ..model import KINDS, validate_namespace, validate_prefix
 from . import output as out
 from .client import EXIT_OK, EXIT_USAGE, Client, CliError, WatchOptions, usage_error, watch
@@ -58,7 +58,7 @@ def parse_source(source: str, raw: bytes) -> Any:
         data = parse_json(raw) if source.endswith(".json") else parse_yaml(raw)
     except UnicodeDecodeError as exc:
         raise usage_error(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except InvalidBodyError as exc:
+    except (InvalidBodyError, PayloadTooLargeError) as exc:
         where = exc.details
         suffix = f" (line {where['line']}, column {where['column']})" if "line" in where else ""
         raise usage_error(f"{source}: {exc.message}{suffix}") from exc

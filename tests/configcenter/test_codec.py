@@ -142,3 +142,10 @@ def test_any_json_document_round_trips_through_yaml(doc: Any) -> None:
     dumper.dump({"doc": doc}, out)
     assert parse_yaml(out.getvalue().encode()) == {"doc": doc}
     assert parse_json(orjson.dumps({"doc": doc})) == {"doc": doc}
+
+
+def test_the_fast_parser_is_used_when_libyaml_is_installed() -> None:
+    from configcenter._yaml_load import _parsers
+
+    parsers = _parsers()
+    assert len(parsers) == 2 and parsers[0].Parser.__name__ == "CParser"  # ruamel.yaml.clib is a dependency

@@ -150,6 +150,13 @@ async def test_local_input_errors_exit_2(
     assert (await run_cli(capsys, server, "route", NS, "--header", "no-equals")).code == 2
     assert (await run_cli(capsys, server, "rollback", NS)).code == 2  # --to-revision is required
     assert (await run_cli(capsys, server, "frobnicate")).code == 2
+    levels = ["l0: &l0 [" + ", ".join(["lol"] * 9) + "]"]
+    levels += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    bomb = write(tmp_path, "bomb.yaml", "kind: config\ndoc:\n" + "".join(f"  {line}\n" for line in levels))
+    refused = await run_cli(capsys, server, "push", NS, bomb)
+    assert refused.code == 2 and "max_doc_bytes" in refused.err and "Traceback" not in refused.err
+    deep = write(tmp_path, "deep.yaml", "kind: config\ndoc: {a: " + "[" * 100 + "]" * 100 + "}\n")
+    assert "depth limit exceeded" in (await run_cli(capsys, server, "push", NS, deep)).err
     assert await history_of(http, server, NS) == 404
 
 
