@@ -72,13 +72,17 @@ def parse_envelope(data: Any) -> PushRequest:
 
 
 def validate_document(kind: str, doc: dict[str, Any], *, max_regex_program_size: int | None = None) -> None:
-    """Raise ``SchemaViolationError`` (422) listing every violated path, or return silently."""
+    """Raise ``SchemaViolationError`` (422) listing every violated path, or return silently.
+
+    A route table is also compiled (RE2 regexes, at most ``max_regex_program_size`` each); its
+    error becomes one violation at the JSON path the compiler names (e.g. the ``regex`` matcher).
+    """
     violations = [_violation(e) for e in _sorted(validator(kind).iter_errors(doc))][:_MAX_VIOLATIONS]
     if not violations and kind == "routes":
         try:
-            compile_table(doc)
+            compile_table(doc, max_regex_program_size=max_regex_program_size)
         except RouteTableError as exc:
-            violations = [{"path": _path_of(str(exc)), "message": str(exc)}]
+            violations = [_compile_violation(str(exc))]
     if violations:
         first = violations[0]
         raise SchemaViolationError(
@@ -102,6 +106,9 @@ def json_path(parts: Iterable[Any]) -> str:
     return out
 
 
-def _path_of(message: str) -> str:
-    start = message.find("$")
-    return message[start:].split()[0].rstrip(":,") if start >= 0 else "$"
+def _compile_violation(message: str) -> dict[str, str]:
+    """``"$.rules[0].id: duplicate rule id 'x'"`` -> that path and the text after it."""
+    path, sep, rest = message.partition(": ")
+    if sep and path.startswith("$"):
+        return {"path": path, "message": rest}
+    return {"path": "$", "message": message}

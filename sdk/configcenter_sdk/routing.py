@@ -11,8 +11,11 @@ Semantics
 * Header names are case-insensitive (lower-cased at compile time, and the incoming
   names once per ``route()`` call); header *values* are compared case-sensitively.
   If a mapping carries one name twice in different cases, the last one wins.
-* ``regex`` uses :func:`re.search` semantics: the pattern may match anywhere in the
-  value; anchor it with ``^...$`` for a full match.
+* ``regex`` is RE2 syntax, evaluated in time linear in the value's length (never Python's
+  backtracking :mod:`re`); search semantics: the pattern may match anywhere in the value,
+  anchor it with ``^...$`` for a full match. Patterns RE2 refuses (backreferences,
+  lookaround, ...) and, with ``max_regex_program_size``, programs larger than that are
+  compile errors. Details in :mod:`configcenter_sdk._matchers`.
 * ``invert`` negates a single header matcher's result, including when the header is
   absent (``{exact: x, invert: true}`` holds for a missing header; ``{present: true,
   invert: true}`` means "header absent").
@@ -24,7 +27,8 @@ Semantics
 The stable hash is keyed BLAKE2b (see :func:`stable_bucket`), identical across
 processes, Python versions and restarts. ``route()`` returns pre-built
 :class:`RouteDecision` objects, so evaluation allocates only the lower-cased header
-dict (and, for hashing, the encoded value).
+dict (and, for hashing or a regex, the encoded value). It never raises on a
+``Mapping[str, str]``, whatever the values hold (NUL, lone surrogates, 100 KB of text).
 """
 
 from __future__ import annotations
@@ -35,10 +39,13 @@ import re
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from operator import methodcaller
 from typing import Any
 
-from configcenter_sdk.errors import RouteTableError
+from configcenter_sdk._matchers import HEADER_RE as _HEADER_RE
+from configcenter_sdk._matchers import HeaderMatcher, compile_header
+from configcenter_sdk._matchers import fail as _fail
+from configcenter_sdk._matchers import mapping as _mapping
+from configcenter_sdk._matchers import string as _string
 
 __all__ = [
     "DEFAULT_HASH_SEED",
@@ -60,9 +67,7 @@ DEFAULT_RULE_ID = "default"
 _SERVICE_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _RULE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _CLUSTER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_HEADER_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
 _SEED_RE = re.compile(r"[\x20-\x7e]{1,64}")
-_MATCHER_KINDS = ("exact", "prefix", "suffix", "regex", "present")
 _from_bytes = int.from_bytes
 
 
@@ -101,20 +106,6 @@ class RouteDecision:
     cluster: str
     rule_id: str
     revision: int
-
-
-@dataclass(frozen=True, slots=True)
-class HeaderMatcher:
-    """One header condition; ``kind`` is exact|prefix|suffix|regex|present."""
-
-    name: str
-    kind: str
-    value: str | bool
-    invert: bool
-    # evaluation helpers (precomputed at compile time)
-    test: Callable[[str], object]  # raw result when the header is present
-    on_absent: bool  # raw result when the header is missing
-    want: bool  # ``not invert``
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,49 +212,15 @@ def _step(conds: tuple[HeaderMatcher, ...], percent: PercentMatcher | None, rout
     return plan_conds, plan_percent, target
 
 
-def _always(value: str) -> bool:
-    return True
-
-
-def _never(value: str) -> bool:
-    return False
-
-
 # --------------------------------------------------------------------------- compiler
-
-
-def _fail(path: str, message: str) -> RouteTableError:
-    return RouteTableError(f"{path}: {message}")
-
-
-def _mapping(value: object, path: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _fail(path, f"must be an object, got {type(value).__name__}")
-    for key in value:
-        if key not in allowed:
-            raise _fail(f"{path}.{key}", f"unknown field (allowed: {', '.join(allowed)})")
-    return value
-
-
-def _string(value: object, path: str, pattern: re.Pattern[str] | None = None) -> str:
-    if not isinstance(value, str):
-        raise _fail(path, f"must be a string, got {type(value).__name__}")
-    if pattern is not None and not pattern.fullmatch(value):
-        raise _fail(path, f"{value!r} does not match {pattern.pattern}")
-    return value
-
-
-def _bool(value: object, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise _fail(path, f"must be a boolean, got {type(value).__name__}")
-    return value
 
 
 def _int(value: object, path: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _fail(path, f"must be an integer, got {type(value).__name__}")
     if not low <= value <= high:
-        raise _fail(path, f"must be between {low} and {high}, got {value}")
+        shown = value if abs(value) < 10**18 else f"a {value.bit_length()}-bit integer"  # str() could raise
+        raise _fail(path, f"must be between {low} and {high}, got {shown}")
     return value
 
 
@@ -273,44 +230,13 @@ def _list(value: object, path: str) -> list[Any]:
     return list(value)
 
 
-def _compile_header(raw: object, path: str) -> HeaderMatcher:
-    spec = _mapping(raw, path, ("name", "invert", *_MATCHER_KINDS))
-    if "name" not in spec:
-        raise _fail(f"{path}.name", "is required")
-    name = _string(spec["name"], f"{path}.name", _HEADER_RE).lower()
-    invert = _bool(spec.get("invert", False), f"{path}.invert")
-    kinds = [k for k in _MATCHER_KINDS if k in spec]
-    if len(kinds) != 1:
-        raise _fail(path, f"needs exactly one of {'|'.join(_MATCHER_KINDS)}, got {kinds or 'none'}")
-    kind = kinds[0]
-    vpath = f"{path}.{kind}"
-    test: Callable[[str], object]
-    if kind == "present":
-        value: str | bool = _bool(spec[kind], vpath)
-        test, on_absent = (_always if value else _never), not value
-    else:
-        value = _string(spec[kind], vpath)
-        test, on_absent = _string_test(kind, value, vpath), False
-    return HeaderMatcher(name, kind, value, invert, test, on_absent, not invert)
-
-
-def _string_test(kind: str, value: str, path: str) -> Callable[[str], object]:
-    if kind == "exact":
-        return value.__eq__
-    if kind == "prefix":
-        return methodcaller("startswith", value)
-    if kind == "suffix":
-        return methodcaller("endswith", value)
-    try:
-        return re.compile(value).search
-    except re.error as exc:
-        raise _fail(path, f"invalid regular expression: {exc}") from None
-
-
-def _compile_match(raw: object, path: str, seed: str) -> tuple[tuple[HeaderMatcher, ...], PercentMatcher | None]:
+def _compile_match(
+    raw: object, path: str, seed: str, regex_limit: int | None
+) -> tuple[tuple[HeaderMatcher, ...], PercentMatcher | None]:
     spec = _mapping(raw, path, ("headers", "percent"))
     hpath = f"{path}.headers"
-    headers = tuple(_compile_header(h, f"{hpath}[{i}]") for i, h in enumerate(_list(spec.get("headers", []), hpath)))
+    raw_headers = _list(spec.get("headers", []), hpath)
+    headers = tuple(compile_header(h, f"{hpath}[{i}]", regex_limit) for i, h in enumerate(raw_headers))
     percent = None
     if "percent" in spec:
         ppath = f"{path}.percent"
@@ -356,7 +282,7 @@ def _compile_route(raw: object, path: str, rule_id: str, revision: int, seed: st
     return WeightedRoute(tuple(clusters), tuple(weights), hash_on, cumulative, decisions, _hasher(seed))
 
 
-def _compile_rule(raw: object, path: str, revision: int, seed: str, seen: set[str]) -> Rule:
+def _compile_rule(raw: object, path: str, revision: int, seed: str, seen: set[str], regex_limit: int | None) -> Rule:
     spec = _mapping(raw, path, ("id", "match", "route"))
     for key in ("id", "route"):
         if key not in spec:
@@ -367,13 +293,22 @@ def _compile_rule(raw: object, path: str, revision: int, seed: str, seen: set[st
     if rule_id in seen:
         raise _fail(f"{path}.id", f"duplicate rule id {rule_id!r}")
     seen.add(rule_id)
-    headers, percent = _compile_match(spec.get("match", {}), f"{path}.match", seed)
+    headers, percent = _compile_match(spec.get("match", {}), f"{path}.match", seed, regex_limit)
     route = _compile_route(spec["route"], f"{path}.route", rule_id, revision, seed)
     return Rule(rule_id, headers, percent, route)
 
 
-def compile_table(doc: Mapping[str, Any], revision: int = 0) -> RouteTable:
-    """Validate a route table document and compile it; raise RouteTableError naming the JSON path."""
+def compile_table(
+    doc: Mapping[str, Any], revision: int = 0, *, max_regex_program_size: int | None = None
+) -> RouteTable:
+    """Validate a route table document and compile it; raise RouteTableError naming the JSON path.
+
+    The error's message is ``"<JSON path>: <what is wrong>"``, e.g.
+    ``$.rules[0].match.headers[0].regex: RE2 cannot compile this regular expression: ...``.
+    ``max_regex_program_size`` bounds each ``regex`` matcher's RE2 program size (the server
+    passes ``limits.max_regex_program_size``); None accepts any pattern RE2 compiles within
+    its per-pattern memory budget (what an SDK does with tables the server accepted).
+    """
     spec = _mapping(doc, "$", ("service", "hash_seed", "rules", "default"))
     for key in ("service", "default"):
         if key not in spec:
@@ -382,7 +317,7 @@ def compile_table(doc: Mapping[str, Any], revision: int = 0) -> RouteTable:
     seed = _string(spec.get("hash_seed", DEFAULT_HASH_SEED), "$.hash_seed", _SEED_RE)
     seen: set[str] = set()
     rules = tuple(
-        _compile_rule(r, f"$.rules[{i}]", revision, seed, seen)
+        _compile_rule(r, f"$.rules[{i}]", revision, seed, seen, max_regex_program_size)
         for i, r in enumerate(_list(spec.get("rules", []), "$.rules"))
     )
     default = _compile_route(spec["default"], "$.default", DEFAULT_RULE_ID, revision, seed)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -127,6 +128,8 @@ VECTORS: list[tuple[dict[str, str], str, str]] = [
     ({"x-t": "regex-search", "x-v": "beta"}, "c-default", "default"),
     ({"x-t": "regex-inv", "x-v": "Mozilla/5.0"}, "c-regex-inv", "regex-inv"),
     ({"x-t": "regex-inv", "x-v": "Googlebot/2.1"}, "c-default", "default"),
+    ({"x-t": "regex-search", "x-v": "beta\udcff9 beta1"}, "c-regex-search", "regex-search"),  # lone surrogate
+    ({"x-t": "regex-search", "x-v": "\x00beta1"}, "c-regex-search", "regex-search"),  # NUL is a character
     ({"x-t": "present", "x-v": ""}, "c-present", "present"),  # empty value is still present
     ({"x-t": "present"}, "c-default", "default"),
     ({"x-t": "present-inv"}, "c-present-inv", "present-inv"),
@@ -311,6 +314,16 @@ _MISSING_SERVICE = {k: v for k, v in _doc().items() if k != "service"}
 # (id, doc, expected path, expressible in JSON Schema)
 INVALID: list[tuple[str, Any, str, bool]] = [
     ("bad-regex", _hdr(regex="(unclosed"), "$.rules[0].match.headers[0].regex", True),
+    # valid for Python's re (so for the schema's "format": "regex"), refused by RE2
+    ("re2-backreference", _hdr(regex="(a)\\1"), "$.rules[0].match.headers[0].regex", False),
+    ("re2-named-backreference", _hdr(regex="(?P<x>a)(?P=x)"), "$.rules[0].match.headers[0].regex", False),
+    ("re2-lookahead", _hdr(regex="(?=a)"), "$.rules[0].match.headers[0].regex", False),
+    ("re2-negative-lookahead", _hdr(regex="x(?!a)"), "$.rules[0].match.headers[0].regex", False),
+    ("re2-lookbehind", _hdr(regex="(?<=a)b"), "$.rules[0].match.headers[0].regex", False),
+    ("re2-negative-lookbehind", _hdr(regex="(?<!a)b"), "$.rules[0].match.headers[0].regex", False),
+    ("re2-python-end-anchor", _hdr(regex="abc\\Z"), "$.rules[0].match.headers[0].regex", False),
+    ("re2-repeat-over-1000", _hdr(regex="a{1001}"), "$.rules[0].match.headers[0].regex", False),
+    ("regex-lone-surrogate", _hdr(regex="a\ud800"), "$.rules[0].match.headers[0].regex", False),
     ("two-matchers", _hdr(exact="1", prefix="2"), "$.rules[0].match.headers[0]", True),
     ("no-matcher", _hdr(invert=True), "$.rules[0].match.headers[0]", True),
     ("weights-not-100", _doc(rules=[_rule(route={"weighted": _W})]), "$.rules[0].route.weighted", False),
@@ -382,6 +395,11 @@ INVALID: list[tuple[str, Any, str, bool]] = [
     ("reserved-id", _doc(rules=[_rule(id="default")]), "$.rules[0].id", True),
     ("bad-seed", _doc(hash_seed=""), "$.hash_seed", True),
     ("not-a-mapping", ["service"], "$", True),
+    ("huge-int-weight", _doc(default={"weighted": [{"cluster": "a", "weight": 10**30}]}),
+     "$.default.weighted[0].weight", True),
+    ("second-rule-regex", _doc(rules=[_rule(), _rule(id="r1", match={"headers": [
+        {"name": "x-a", "exact": "1"}, {"name": "x-b", "regex": "(?=x)"}]})]),
+     "$.rules[1].match.headers[1].regex", False),
 ]
 
 
@@ -404,6 +422,139 @@ def test_schema_accepts_compiler_only_violations() -> None:
     for _, doc, _, expressible in INVALID:
         if not expressible:
             assert _validator(SCHEMA).is_valid(doc)
+
+
+def test_integer_too_long_to_print_is_still_a_route_table_error() -> None:
+    # str() of a 5000-digit int raises ValueError since Python 3.11; the message must not need it
+    doc = _doc(default={"weighted": [{"cluster": "a", "weight": -(10**5000)}]})
+    with pytest.raises(RouteTableError, match=r"^\$\.default\.weighted\[0\]\.weight: .* 16610-bit integer$"):
+        compile_table(doc)
+
+
+# ----------------------------------------------------------------- regex matchers (RE2)
+
+REGEX_PATH = "$.rules[0].match.headers[0].regex"
+# classic catastrophic-backtracking shapes (exponential or polynomial under Python's re)
+EVIL_PATTERNS = ["^(a+)+$", "^(a|a)*$", "^(a|aa)+$", "(a*)*b", "^(\\w+\\s?)*$", "(.*a){8}$", "^(a+)+(b+)+c$"]
+
+
+def _regex_table(pattern: str, limit: int | None = 100) -> RouteTable:
+    return compile_table(_hdr(regex=pattern), max_regex_program_size=limit)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "limit"),
+    [("a{1000}", 100), ("(abc){200}", 100), ("[a-z]{60}[0-9]{60}", 100), ("^(a+)+$", 6), ("x", 0)],
+)
+def test_program_size_limit_names_the_matcher(pattern: str, limit: int) -> None:
+    with pytest.raises(RouteTableError) as exc:
+        _regex_table(pattern, limit)
+    message = str(exc.value)
+    assert message.startswith(f"{REGEX_PATH}: ") and "program size" in message, message
+    assert f"limit of {limit}" in message
+    _regex_table(pattern, None)  # without a limit (the SDK loading a table the server accepted) it compiles
+
+
+def test_program_size_is_counted_as_envoy_does() -> None:
+    import re2
+
+    assert re2.compile("^(a+)+$").programsize == 7  # captures included
+    _regex_table("^(a+)+$", 7)
+    _regex_table("x{90}", 100)
+    with pytest.raises(RouteTableError, match=r"RE2 program size 7 exceeds the limit of 6$"):
+        _regex_table("^(a+)+$", 6)
+
+
+def test_regex_error_message_comes_from_re2() -> None:
+    with pytest.raises(RouteTableError) as exc:
+        _regex_table("(a)\\1")
+    assert str(exc.value) == f"{REGEX_PATH}: RE2 cannot compile this regular expression: invalid escape sequence: \\1"
+
+
+@pytest.mark.parametrize("pattern", EVIL_PATTERNS)
+def test_adversarial_values_take_linear_time(pattern: str) -> None:
+    table = _regex_table(pattern)
+    evil = {n: {"x-a": "a" * n + "!"} for n in (10_000, 100_000)}
+    started = time.perf_counter()
+    assert table.route(evil[100_000]).cluster in ("a", "d")
+    assert time.perf_counter() - started < 0.5, "one 100 KB adversarial header took >= 0.5 s"
+
+    def best(headers: dict[str, str]) -> float:
+        runs = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(10):
+                table.route(headers)
+            runs.append(time.perf_counter() - t0)
+        return min(runs)
+
+    t10, t100 = best(evil[10_000]), best(evil[100_000])
+    # linear means ~10x; quadratic would be ~100x and backtracking never finishes. Generous: noisy CI.
+    assert t100 < 40 * t10 + 0.005, (t10, t100)
+
+
+def test_python_re_really_is_exponential_on_the_same_input() -> None:
+    # the baseline that makes the test above meaningful: 18 vs 22 characters under Python's re
+    import re
+
+    evil = re.compile("^(a+)+$")
+
+    def cost(n: int) -> float:
+        t0 = time.perf_counter()
+        evil.search("a" * n + "!")
+        return time.perf_counter() - t0
+
+    assert cost(22) > 4 * cost(18)
+    table = _regex_table("^(a+)+$")
+    assert table.route({"x-a": "a" * 22 + "!"}).cluster == "d"
+    assert table.route({"x-a": "a" * 22}).cluster == "a"
+
+
+HOSTILE_VALUES = [
+    "",
+    "\x00",
+    "a\x00b",
+    "\ud800",
+    "\udcff" * 3,
+    "a\udfffb",
+    "\U0010ffff",
+    "\r\n",
+    "é" * 50_000,
+    "a" * 100_000 + "!",
+    "".join(chr(c) for c in range(0x20, 0x3000)) * 4,
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES, ids=range(len(HOSTILE_VALUES)))
+def test_route_never_raises_on_hostile_values(table: RouteTable, value: str) -> None:
+    hostile = compile_table(_doc(rules=[
+        _rule(id=f"r{i}", match={"headers": [{"name": "x-v", **cond}], "percent": {"header": "x-v", "value": 50}})
+        for i, cond in enumerate([{"regex": p} for p in EVIL_PATTERNS] + [{"exact": "a"}, {"suffix": "!"}])
+    ]), max_regex_program_size=100)
+    for t in (table, hostile):
+        for name in ("x-v", "x-user-id", "x-t"):
+            assert t.route({"x-t": "regex-inv", name: value}).cluster
+            assert t.route({name: value, "X-T": value}).cluster
+
+
+@pytest.mark.parametrize(
+    ("pattern", "value", "matches"),
+    [
+        ("^.$", "\ud800", True),  # a lone surrogate is one character
+        ("^a.b$", "a\udcffb", True),
+        ("^a[^x]b$", "a\udcffb", True),
+        ("^...$", "a\ud800", False),
+        ("\\x00", "a\x00b", True),
+        ("^é+$", "éé", True),
+        ("^abc$", "abc\n", False),  # RE2's $ is end of text only (Python's re also matched before a final \n)
+        ("^abc\\z", "abc", True),
+        ("(?i)^ABC", "abcd", True),
+        ("", "anything", True),  # the empty pattern matches everywhere
+    ],
+)
+def test_regex_semantics(pattern: str, value: str, matches: bool) -> None:
+    assert (_regex_table(pattern).route({"x-a": value}).cluster == "a") is matches
+    assert (compile_table(_hdr(regex=pattern, invert=True)).route({"x-a": value}).cluster == "a") is not matches
 
 
 # ----------------------------------------------------------------- examples
@@ -439,15 +590,41 @@ def test_payment_example_behaviour() -> None:
     assert 0.08 <= share <= 0.12
 
 
-def test_sdk_module_has_no_jsonschema_dependency() -> None:
+def _routing_modules() -> dict[str, Any]:
     import ast
 
+    import configcenter_sdk._matchers as matchers
     import configcenter_sdk.routing as routing
 
-    tree = ast.parse(Path(routing.__file__).read_text())
+    return {m.__name__: ast.parse(Path(cast(str, m.__file__)).read_text()) for m in (routing, matchers)}
+
+
+def _imports(tree: Any) -> set[str]:
+    import ast
+
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert not any(m.split(".")[0] == "jsonschema" for m in imported)
+    return imported | {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+
+
+def test_sdk_module_has_no_jsonschema_dependency() -> None:
+    trees = _routing_modules()
+    for name, tree in trees.items():
+        assert not any(m.split(".")[0] == "jsonschema" for m in _imports(tree)), name
+    assert "re2" in _imports(trees["configcenter_sdk._matchers"])
+
+
+def test_python_re_never_sees_a_pattern_from_a_document() -> None:
+    """The backtracking ``re`` may only compile literal patterns (names, ids); document regexes go to RE2."""
+    import ast
+
+    for name, tree in _routing_modules().items():
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            target = node.func.value
+            if isinstance(target, ast.Name) and target.id == "re":
+                assert node.func.attr == "compile", f"{name}: re.{node.func.attr}() at line {node.lineno}"
+                assert node.args and isinstance(node.args[0], ast.Constant), f"{name}: re.compile(<non-literal>)"
 
 
 def test_openapi_parses_and_refs_resolve() -> None:
