@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test lint unit bench test-etcd34 clean
+.PHONY: run test lint unit bench test-etcd34 chaos clean
 
 $(VENV)/.installed-run: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test: lint $(VENV)/.installed-test
 ETCD34 ?= /usr/bin/etcd
 test-etcd34: $(VENV)/.installed-test
 	CONFIGCENTER_ETCD_BIN=$(ETCD34) $(PY) -m pytest -q tests/configcenter/server
+
+# The long fault suite (docs/fault-suite.md): CHAOS_FAULTS faults for each seed, prints the report.
+CHAOS_SEEDS ?= 1,2,3
+CHAOS_FAULTS ?= 100
+chaos: $(VENV)/.installed-test
+	CHAOS_LONG=1 CHAOS_SEEDS=$(CHAOS_SEEDS) CHAOS_FAULTS=$(CHAOS_FAULTS) $(PY) -m pytest -q -s -m chaos_long tests/chaos
 
 bench: $(VENV)/.installed-test
 	$(PY) bench/bench_fanout.py

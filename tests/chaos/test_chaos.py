@@ -1,0 +1,229 @@
+"""The fault suite: the consistency checker on hand-made streams, a short seeded chaos run, the long mode.
+
+* checker tests: fast, prove the checker flags each kind of violation (a checker
+  that never complains proves nothing);
+* ``test_short_chaos_run``: one fixed seed, every fault kind at least once
+  (``slow``; ~60 s on 2 cores);
+* ``test_long_chaos_run``: ``make chaos`` (``CHAOS_LONG=1``, ``CHAOS_SEEDS``, ``CHAOS_FAULTS``).
+
+See ``docs/fault-suite.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chaos.checker import CallbackCheck, Entry, StreamCheck, Truth, scan_log, selector_matcher, split_incarnations
+from chaos.runner import FAULT_KINDS, known_bug, run_chaos, summary
+from chaos.sse_records import SSEParser, frame_record, revision_of_id
+
+APP = selector_matcher(["app/"])
+
+# -- hand-made streams ------------------------------------------------------------
+
+
+def truth(*entries: tuple[str, int, str, str | None], windows: list[tuple[int, int]] | None = None) -> Truth:
+    """Entries (ns, rev, op, marker); the final state and revision follow from them."""
+    items = [Entry(*e) for e in entries]
+    final: dict[str, tuple[int, str | None]] = {}
+    for e in sorted(items, key=lambda e: e.rev):
+        if e.op == "put":
+            final[e.ns] = (e.rev, e.m)
+        else:
+            final.pop(e.ns, None)
+    return Truth(items, final, max(e.rev for e in items), windows or [])
+
+
+def change(ns: str, rev: int, prev: int, m: str | None = None, op: str = "push") -> dict[str, Any]:
+    return {"k": "change", "url": "u", "id": f"c0ffee:{rev}", "pos": rev, "ns": ns, "rev": rev, "prev": prev,
+            "op": op, "m": m if op != "delete" else None}
+
+
+def reset(rev: int, **ns: tuple[int, str]) -> dict[str, Any]:
+    return {"k": "reset", "url": "u", "id": str(rev), "pos": rev, "rev": rev,
+            "ns": {name.replace("_", "/"): list(v) for name, v in ns.items()}}
+
+
+def progress(rev: int) -> dict[str, Any]:
+    return {"k": "progress", "url": "u", "id": str(rev), "pos": rev, "rev": rev}
+
+
+CONN = {"k": "conn", "url": "u", "since": None}
+T = truth(("app/a", 10, "put", "a1"), ("app/b", 11, "put", "b1"), ("app/a", 12, "put", "a2"),
+          ("app/b", 12, "put", "b2"), ("other/x", 13, "put", "x1"), ("app/a", 14, "delete", None))
+
+
+def check(records: list[dict[str, Any]], t: Truth = T, final: bool = True) -> list[dict[str, Any]]:
+    violations: list[dict[str, Any]] = []
+    stream = StreamCheck("c", APP, t, violations)
+    for rec in records:
+        stream.feed(rec)
+    stream.finish(final=final)
+    return violations
+
+
+def kinds(violations: list[dict[str, Any]]) -> list[str]:
+    return sorted(v["kind"] for v in violations)
+
+
+GOOD = [CONN, reset(9), change("app/a", 10, 0, "a1"), change("app/b", 11, 0, "b1"), change("app/a", 12, 10, "a2"),
+        change("app/b", 12, 11, "b2"), change("app/a", 14, 12, op="delete"), progress(14)]
+
+
+def test_a_correct_stream_passes() -> None:
+    assert check(GOOD) == []
+
+
+def test_a_lost_change_is_found_when_the_stream_passes_it() -> None:
+    lost = [r for r in GOOD if r.get("m") != "b1"]
+    assert kinds(check(lost)) == ["lost"]
+    silently_lost = [*GOOD[:3], progress(11), *GOOD[4:]]  # a progress vouches for 11: still lost
+    assert "lost" in kinds(check(silently_lost))
+
+
+def test_the_second_namespace_of_a_transaction_is_checked_too() -> None:
+    records = [r for r in GOOD if not (r.get("ns") == "app/b" and r.get("rev") == 12)]
+    violations = check(records)
+    assert [v["kind"] for v in violations] == ["lost", "final_state_differs"]
+    assert violations[0]["ns"] == "app/b" and violations[0]["rev"] == 12
+
+
+def test_duplicates_reordering_and_wrong_content_are_found() -> None:
+    assert kinds(check([*GOOD[:4], GOOD[3], *GOOD[4:]])) == ["duplicate"]
+    swapped = [*GOOD[:3], GOOD[4], GOOD[3], *GOOD[5:]]
+    assert "reordered" in kinds(check(swapped))
+    forged = [*GOOD[:2], change("app/a", 10, 0, "zzz"), *GOOD[3:]]
+    assert kinds(check(forged)) == ["wrong_content"]
+    broken_chain = [*GOOD[:4], change("app/a", 12, 9, "a2"), *GOOD[5:]]
+    assert kinds(check(broken_chain)) == ["prev_revision_chain_broken"]
+
+
+def test_a_reset_supersedes_what_it_covers_and_must_be_etcds_state() -> None:
+    jumped = [CONN, reset(9), change("app/a", 10, 0, "a1"), reset(12, app_a=(12, "a2"), app_b=(12, "b2")),
+              change("app/a", 14, 12, op="delete"), progress(14)]
+    assert check(jumped) == []
+    stale = [CONN, reset(9), change("app/a", 10, 0, "a1"), reset(12, app_a=(10, "a1"), app_b=(11, "b1")),
+             change("app/a", 14, 12, op="delete"), progress(14)]
+    violations = check(stale)
+    assert "reset_is_not_etcd_state_at_its_revision" in kinds(violations)
+    assert next(v for v in violations if v["kind"].startswith("reset_is"))["state_of_revision"] == 11
+
+
+def test_a_stream_must_start_with_a_reset_and_end_caught_up_and_equal() -> None:
+    assert "first_frame_not_reset" in kinds(check([CONN, *GOOD[2:]]))
+    assert kinds(check(GOOD[:-2])) == ["final_state_differs", "lost", "not_caught_up"]
+
+
+def test_a_relist_window_excuses_collapsed_releases_and_its_deletions() -> None:
+    t = truth(("app/a", 10, "put", "a1"), ("app/a", 11, "put", "a2"), ("app/b", 12, "put", "b1"),
+              ("app/b", 13, "delete", None), ("app/a", 14, "put", "a3"), windows=[(10, 20)])
+    collapsed = [CONN, reset(10, app_a=(10, "a1")), change("app/a", 14, 10, "a3"), progress(20)]
+    assert check(collapsed, t) == []
+    without_window = Truth(t.entries, t.final, t.final_rev, [])
+    assert kinds(check(collapsed, without_window)).count("lost") == 3
+
+
+def test_a_consumer_resuming_from_a_persisted_point_claims_etcds_state_there() -> None:
+    resumed = {"k": "conn", "url": "u", "since": "c0ffee:12"}  # an SDK restarted on its disk snapshots
+    assert check([resumed, change("app/a", 14, 12, op="delete"), progress(14)]) == []
+    assert kinds(check([resumed, change("app/a", 14, 10, op="delete"), progress(14)])) == [
+        "prev_revision_chain_broken"]
+
+
+def test_ids_are_parsed_with_or_without_a_cluster() -> None:
+    assert revision_of_id("42") == 42 and revision_of_id("a1b2:42") == 42 and revision_of_id(None) is None
+    parser = SSEParser()
+    events = parser.feed(b"id: ab:7\nevent: change\ndata: {\"ns\": \"app/a\", \"revision\": 7")
+    events += parser.feed(b", \"prev_revision\": 3, \"op\": \"push\", \"doc\": {\"w\": \"w1\"}}\n\n")
+    assert [frame_record(*e, "u") for e in events] == [
+        {"k": "change", "url": "u", "id": "ab:7", "pos": 7, "ns": "app/a", "rev": 7, "prev": 3, "op": "push",
+         "m": "w1"}]
+
+
+def callbacks(records: list[dict[str, Any]], t: Truth = T, corrupted: tuple[str, ...] = (),
+              final: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
+    violations: list[dict[str, Any]] = []
+    cb = CallbackCheck("c", APP, t, violations, corrupted)
+    for rec in records:
+        cb.feed(rec)
+    cb.finish(final)
+    return violations
+
+
+def cb(ns: str, rev: int, m: str | None) -> dict[str, Any]:
+    return {"k": "cb", "ns": ns, "rev": rev, "m": m}
+
+
+SDK_GOOD = [CONN, reset(9), GOOD[2], cb("app/a", 10, "a1"), GOOD[3], cb("app/b", 11, "b1"), GOOD[4],
+            cb("app/a", 12, "a2"), GOOD[5], cb("app/b", 12, "b2"), GOOD[6], cb("app/a", 14, None), GOOD[7]]
+
+
+def test_sdk_callbacks_once_per_adopted_revision() -> None:
+    assert callbacks(SDK_GOOD, final={"app/b": [12, "b2"]}) == []
+    twice = [*SDK_GOOD[:4], cb("app/a", 10, "a1"), *SDK_GOOD[4:]]
+    assert kinds(callbacks(twice)) == ["callback_not_increasing", "unexpected_callback"]
+    missing_second_of_txn = [r for r in SDK_GOOD if r != cb("app/b", 12, "b2")]
+    violations = callbacks(missing_second_of_txn, final={"app/b": [11, "b1"]})
+    assert kinds(violations) == ["callback_missing", "callbacks_final_state_differs", "sdk_final_state_differs"]
+    assert all(known_bug(v) == "sdk-same-revision" for v in violations)
+
+
+def test_sdk_must_not_load_a_corrupted_snapshot() -> None:
+    records = [{"k": "start"}, cb("app/b", 11, "b1"), CONN, reset(12, app_a=(12, "a2"), app_b=(12, "b2")),
+               cb("app/a", 12, "a2"), cb("app/b", 12, "b2")]
+    assert callbacks(records) == []
+    assert kinds(callbacks(records, corrupted=("app/b",))) == ["corrupt_snapshot_loaded"]
+    assert [len(run) for run in split_incarnations([{"k": "start"}, {"k": "cb"}, {"k": "start"}])] == [2, 1]
+
+
+def test_unhandled_exceptions_in_logs_are_found() -> None:
+    log = "\n".join(["INFO ok", "ERROR asyncio: Task exception was never retrieved", "future: <Task ...>",
+                     "RuntimeError: aclose(): asynchronous generator is already running", "INFO ok"])
+    violations: list[dict[str, Any]] = []
+    assert scan_log("replica", log, violations) == 1
+    assert known_bug(violations[0]) == "watch-request-iterator"
+    assert scan_log("replica", "Traceback (most recent call last):\n  File x\nValueError", violations) == 1
+    assert known_bug(violations[1]) is None
+
+
+# -- the real thing -----------------------------------------------------------------
+
+
+def assert_clean(report: dict[str, Any]) -> None:
+    assert not report["unexplained"], summary(report, examples=5)
+
+
+@pytest.mark.slow
+async def test_short_chaos_run(tmp_path: Path) -> None:
+    """A fixed seed, every fault kind at least once, against 3 etcd members, 2 replicas, 3 SDK processes."""
+    seed = int(os.environ.get("CHAOS_SEED", "11"))
+    faults = int(os.environ.get("CHAOS_SHORT_FAULTS", "24"))
+    report = await run_chaos(seed, faults, Path(os.environ.get("CHAOS_WORKDIR") or tmp_path) / f"seed-{seed}")
+    print(summary(report))
+    assert report["faults_run"] == faults, summary(report, examples=5)
+    assert set(report["faults"]) == set(FAULT_KINDS)
+    assert report["changes_checked"] > 1000 and report["callbacks_checked"] > 300 and report["resets"] > 0
+    assert report["stalled_reader_resets"] >= 1
+    assert_clean(report)
+
+
+@pytest.mark.slow
+@pytest.mark.chaos_long
+@pytest.mark.skipif(not os.environ.get("CHAOS_LONG"), reason="long fault suite: make chaos (CHAOS_LONG=1)")
+async def test_long_chaos_run(tmp_path: Path) -> None:
+    seeds = [int(s) for s in os.environ.get("CHAOS_SEEDS", "1,2,3").split(",") if s.strip()]
+    faults = int(os.environ.get("CHAOS_FAULTS", "100"))
+    workdir = Path(os.environ.get("CHAOS_WORKDIR") or tmp_path)
+    reports = []
+    for seed in seeds:
+        report = await run_chaos(seed, faults, workdir / f"seed-{seed}", verbose=True)
+        print(summary(report, examples=3), flush=True)
+        reports.append(report)
+    total = sum(r["faults_run"] for r in reports)
+    print(f"long mode: {total} faults over seeds {seeds}; reports in {workdir}", flush=True)
+    for report in reports:
+        assert_clean(report)
