@@ -4,7 +4,8 @@ A *release* is one write of a namespace (push, rollback or delete).  Its
 ``revision`` is the etcd global revision of the transaction that wrote it,
 so revisions order all releases across namespaces; ``version`` counts the
 releases of one namespace (1, 2, 3 …) and never restarts, not even after a
-delete.
+delete.  Its :class:`Origin` (principal, trace id, client address, user
+agent) is stamped by the server; ``author`` is only what the client claims.
 """
 
 from __future__ import annotations
@@ -62,10 +63,27 @@ def validate_prefix(prefix: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Origin:
+    """Who made a write and from where, as the server established it (never taken from the body).
+
+    ``principal``: the token's name; ``trace_id``: from ``traceparent`` / ``X-Request-ID`` or
+    generated; ``client``: the client's address; ``user_agent``: its (bounded) ``User-Agent``.
+    """
+
+    principal: str = ""
+    trace_id: str = ""
+    client: str = ""
+    user_agent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Release:
     """One release of a namespace, as stored in etcd and returned by the API.
 
     ``doc`` is ``None`` for deletions.  ``from_revision`` is set for rollbacks.
+    ``author`` is free text the client *claims* (unverified); ``principal``, ``trace_id``,
+    ``client`` and ``user_agent`` are the server's :class:`Origin` stamp (empty strings in
+    records written before they existed, or around the API).
     """
 
     ns: str
@@ -78,6 +96,14 @@ class Release:
     message: str = ""
     time: float = 0.0
     from_revision: int | None = None
+    principal: str = ""
+    trace_id: str = ""
+    client: str = ""
+    user_agent: str = ""
+
+    @property
+    def origin(self) -> Origin:
+        return Origin(self.principal, self.trace_id, self.client, self.user_agent)
 
     def record(self) -> dict[str, Any]:
         """The value stored in etcd (revision and ns come from the key and its mod_revision)."""
@@ -89,6 +115,10 @@ class Release:
             "author": self.author,
             "message": self.message,
             "time": self.time,
+            "principal": self.principal,
+            "trace_id": self.trace_id,
+            "client": self.client,
+            "user_agent": self.user_agent,
         }
         if self.from_revision is not None:
             out["from_revision"] = self.from_revision
@@ -115,4 +145,8 @@ class Release:
             message=str(record.get("message", "")),
             time=float(record.get("time", 0.0)),
             from_revision=record.get("from_revision"),
+            principal=str(record.get("principal", "")),
+            trace_id=str(record.get("trace_id", "")),
+            client=str(record.get("client", "")),
+            user_agent=str(record.get("user_agent", "")),
         )

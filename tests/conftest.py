@@ -60,3 +60,34 @@ async def server(make_server: ServerFactory) -> RunningServer:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         yield session
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Throw-away CA, server and client certificates (``helpers.Certs``), made once per session."""
+    from helpers import make_certs
+
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture
+async def make_tls_server(etcd: EtcdCluster, certs: Any) -> AsyncIterator[ServerFactory]:
+    """Start HTTPS servers: ``await make_tls_server(mtls=False, cluster=..., **settings_overrides)``."""
+    from helpers import server_tls, start_tls_server
+
+    started: list[RunningServer] = []
+
+    async def factory(cluster: EtcdCluster | None = None, mtls: bool = False, wait: bool = True,
+                      **overrides: Any) -> RunningServer:
+        cluster = cluster or etcd
+        overrides.setdefault("tls", server_tls(certs, mtls=mtls))
+        server = await start_tls_server(server_settings(cluster, **overrides), cluster, wait=wait)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        await server.stop()

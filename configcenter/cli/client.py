@@ -7,13 +7,20 @@ the command functions never decide exit codes themselves:
 * 2 — usage or local input error (raised by the CLI before any request);
 * 3 — the server could not be reached (connection refused, DNS, timeout);
 * 4 — precondition failed (HTTP 412): someone else wrote first, retry.
+
+Every request of one CLI run carries the same ``X-Request-ID`` (generated, or
+``--request-id``); server errors print the id the server echoed, to grep its logs.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import random
+import re
+import ssl
 import sys
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,11 +61,13 @@ def usage_error(message: str) -> CliError:
 
 @dataclass(frozen=True, slots=True)
 class SseEvent:
-    """One Server-Sent Event: ``event`` name, ``id`` (a revision, if any) and decoded ``data``."""
+    """One Server-Sent Event: ``event`` name, ``id`` (its revision, if any), decoded ``data``, and
+    ``raw_id``: the id as sent (``<cluster hex>:<revision>``), what a resume must send back."""
 
     event: str
     id: int | None
     data: Any
+    raw_id: str | None = None
 
 
 @dataclass
@@ -68,10 +77,16 @@ class Client:
     server: str
     token: str | None = None
     timeout: float | None = None
+    ssl_context: ssl.SSLContext | None = None  # https: CA bundle / client certificate; None = system CAs
+    request_id: str | None = None  # sent as X-Request-ID with every request; None: a new uuid4 hex
     _session: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
 
+    def __post_init__(self) -> None:
+        self.request_id = self.request_id or uuid.uuid4().hex
+
     async def __aenter__(self) -> Client:
-        self._session = aiohttp.ClientSession(headers=self._auth_headers())
+        connector = aiohttp.TCPConnector(ssl=self.ssl_context if self.ssl_context is not None else True)
+        self._session = aiohttp.ClientSession(headers=self._auth_headers(), connector=connector)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -79,7 +94,11 @@ class Client:
             await self._session.close()
 
     def _auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        """Headers of every request: the request id, and the bearer token if there is one."""
+        headers = {"X-Request-ID": str(self.request_id)}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -114,10 +133,11 @@ class Client:
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
+                echoed = resp.headers.get("X-Request-ID", self.request_id)
         except NETWORK_ERRORS as exc:
             raise self.unreachable(exc) from exc
         if status >= 400:
-            raise http_error(status, raw)
+            raise http_error(status, raw, echoed)
         return decode_json(raw, status)
 
     def unreachable(self, exc: BaseException) -> CliError:
@@ -127,22 +147,29 @@ class Client:
         return CliError(f"cannot reach server at {self.server}: {reason}", EXIT_UNREACHABLE)
 
     async def events(
-        self, params: list[tuple[str, str]], last_event_id: int | None
+        self, params: list[tuple[str, str]], last_event_id: str | None
     ) -> AsyncIterator[SseEvent]:
         """Open ``GET /v1/watch`` once and yield its events until the server closes the stream."""
         headers = {"Accept": "text/event-stream"}
         if last_event_id is not None:
-            headers["Last-Event-ID"] = str(last_event_id)
+            headers["Last-Event-ID"] = last_event_id
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout or 10)
         async with self.session.get(self.url("/v1/watch"), params=params, headers=headers, timeout=timeout) as resp:
             if resp.status >= 400:
-                raise http_error(resp.status, await resp.read())
+                raise http_error(resp.status, await resp.read(), resp.headers.get("X-Request-ID", self.request_id))
             async for event in parse_sse(resp.content):
                 yield event
 
 
-def http_error(status: int, raw: bytes) -> CliError:
-    """``error: <server message> (HTTP <status>)``; 412 maps to exit 4, everything else to 1."""
+def request_id_arg(text: str) -> str:
+    """``--request-id``: 1-128 visible ASCII characters, the only ids the server echoes back."""
+    if not re.fullmatch(r"[!-~]{1,128}", text):
+        raise argparse.ArgumentTypeError(f"must be 1-128 visible ASCII characters without spaces, got {text!r}")
+    return text
+
+
+def http_error(status: int, raw: bytes, request_id: str | None = None) -> CliError:
+    """``<server message> (HTTP <status>) [request id <id>]``; 412 maps to exit 4, everything else to 1."""
     message = ""
     try:
         body = orjson.loads(raw)
@@ -152,7 +179,8 @@ def http_error(status: int, raw: bytes) -> CliError:
         message = raw.decode("utf-8", errors="replace").strip().splitlines()[0] if raw.strip() else ""
     message = message or "request failed"
     code = EXIT_PRECONDITION if status == 412 else EXIT_SERVER_ERROR
-    return CliError(f"{message} (HTTP {status})", code, status)
+    suffix = f" [request id {request_id}]" if request_id else ""
+    return CliError(f"{message} (HTTP {status}){suffix}", code, status)
 
 
 def decode_json(raw: bytes, status: int) -> Any:
@@ -165,13 +193,14 @@ def decode_json(raw: bytes, status: int) -> Any:
 async def parse_sse(stream: aiohttp.StreamReader) -> AsyncIterator[SseEvent]:
     """Decode a ``text/event-stream`` body: ``event:``/``id:``/``data:`` lines, blank line = dispatch."""
     event: str = "message"
-    event_id: int | None = None
+    event_id: str | None = None
     data: list[str] = []
     async for raw_line in stream:
         line = raw_line.decode("utf-8", errors="replace").rstrip("\r\n")
         if not line:
             if data:
-                yield SseEvent(event, event_id, _decode_data("\n".join(data)))
+                revision = int(event_id.rpartition(":")[2]) if event_id is not None else None
+                yield SseEvent(event, revision, _decode_data("\n".join(data)), event_id)
             event, event_id, data = "message", None, []
             continue
         name, _, value = line.partition(":")
@@ -180,8 +209,11 @@ async def parse_sse(stream: aiohttp.StreamReader) -> AsyncIterator[SseEvent]:
             event = value
         elif name == "data":
             data.append(value)
-        elif name == "id" and value.isdigit():
-            event_id = int(value)
+        elif name == "id" and _EVENT_ID.fullmatch(value):
+            event_id = value
+
+
+_EVENT_ID = re.compile(r"(?:[0-9a-f]{1,16}:)?[0-9]{1,19}")  # <revision> or <cluster hex>:<revision>
 
 
 def _decode_data(text: str) -> Any:
@@ -216,6 +248,7 @@ class WatchState:
     last_id: int | None
     remaining: int | None
     seen: int = 0
+    last_raw_id: str | None = None  # the full id last received: sent back as Last-Event-ID
 
     @property
     def done(self) -> bool:
@@ -242,7 +275,8 @@ async def _watch_loop(client: Client, options: WatchOptions, state: WatchState) 
     while not state.done:
         first = params + ([("since", str(state.last_id))] if state.last_id is not None and not connected else [])
         try:
-            async for event in client.events(first, state.last_id if connected else None):
+            resume = (state.last_raw_id or str(state.last_id)) if connected and state.last_id is not None else None
+            async for event in client.events(first, resume):
                 connected, attempt = True, 0
                 _handle_event(event, options, state)
                 if state.done:
@@ -262,7 +296,7 @@ def _handle_event(event: SseEvent, options: WatchOptions, state: WatchState) -> 
     if event.event == "change" and event.id is not None and state.last_id is not None and event.id <= state.last_id:
         return  # duplicate after a reconnect
     if event.id is not None:
-        state.last_id = event.id
+        state.last_id, state.last_raw_id = event.id, event.raw_id
     if event.event == "progress" and not options.verbose:
         return
     if event.event == "change":

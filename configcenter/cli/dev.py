@@ -7,7 +7,7 @@ app until SIGINT/SIGTERM, logging to stderr.
 
 * etcd keeps its data in ``--data-dir`` (default ``./.run/etcd``), so a second
   ``configcenter dev`` (or ``make run``) finds what the first one published.
-* A fresh writer token is generated on every start (``secrets.token_urlsafe``).
+* A fresh admin token, principal ``dev``, is generated on every start (``secrets.token_urlsafe``).
 * Every ``examples/*.yaml`` whose first line is ``# namespace: <ns>`` is pushed
   through the server's own API, so it is validated like any other push.  A
   namespace that already exists (kept data) is left alone; an example that
@@ -31,8 +31,10 @@ from typing import Any
 from ..codec import parse_yaml
 from ..errors import ConfigCenterError
 from ..server.app import serve
+from ..server.auth import Principal
 from ..server.runtime import Runtime, wait_ready
 from ..server.settings import Settings, load_settings, parse_listen
+from ..server.tls import etcd_tls_material, server_ssl_context
 from .client import EXIT_OK, EXIT_USAGE, Client, CliError
 from .embedded_etcd import EtcdCluster
 
@@ -81,22 +83,37 @@ def one_line_config_error(exc: ConfigCenterError) -> str:
     return f"{head}: {problem} (line {mark.line + 1}, column {mark.column + 1})"
 
 
-def run_serve(config: str | None, *, listen: str | None, etcd: str | None, prefix: str | None) -> int:
-    """Run the server in the foreground until SIGINT/SIGTERM; a bad configuration exits 2."""
+def run_serve(config: str | None, *, listen: str | None, etcd: str | None, prefix: str | None,
+              tls_cert: str | None = None, tls_key: str | None = None, tls_client_ca: str | None = None) -> int:
+    """Run the server in the foreground until SIGINT/SIGTERM; a bad configuration exits 2.
+
+    "Bad" includes TLS files that do not load (server certificate/key/client CA, etcd TLS):
+    they are read before the listener starts, so the error is one line, not a traceback.
+    """
     try:
-        settings = load_settings(config, listen=listen, etcd=etcd, prefix=prefix)
+        settings = load_settings(config, listen=listen, etcd=etcd, prefix=prefix,
+                                 tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca)
+        ssl_context = server_ssl_context(settings.tls) if settings.tls else None
+        if settings.etcd_tls:
+            etcd_tls_material(settings.etcd_tls, "")  # checked now; the etcd client reads it again
     except ConfigCenterError as exc:
         raise CliError(one_line_config_error(exc), EXIT_USAGE) from exc
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve_log = logging.getLogger("configcenter.serve")
-    serve_log.info("listening on http://%s, etcd %s, prefix %s", settings.listen, ",".join(settings.etcd_endpoints),
-                   settings.prefix)
-    if "writer" not in settings.tokens.values():
+    scheme = "https" if ssl_context else "http"
+    mtls = " (client certificates required)" if settings.tls and settings.tls.client_ca_file else ""
+    serve_log.info("listening on %s://%s%s, etcd %s, prefix %s", scheme, settings.listen, mtls,
+                   ",".join(settings.etcd_endpoints), settings.prefix)
+    if not any(p.has_role("writer") for p in settings.tokens):
         serve_log.warning("no writer token configured (auth.tokens): every write will be refused")
+    elif not any(p.has_role("admin") for p in settings.tokens):
+        serve_log.warning("no admin token configured (auth.tokens): every delete will be refused")
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, ssl_context=ssl_context))
     except KeyboardInterrupt:
         pass
+    except ConfigCenterError as exc:
+        raise CliError(one_line_config_error(exc), EXIT_USAGE) from exc
     except OSError as exc:
         raise CliError(f"cannot listen on {settings.listen}: {exc.strerror or exc}", EXIT_USAGE) from exc
     return EXIT_OK
@@ -116,9 +133,10 @@ def run_dev(options: DevOptions) -> int:
         cluster = EtcdCluster(1, workdir=data_dir, avoid_ports={port})
         try:
             cluster.start()
+            token = secrets.token_urlsafe(24)
             settings = Settings(host=host, port=port, etcd_endpoints=tuple(cluster.endpoints),
-                                tokens={secrets.token_urlsafe(24): "writer"})
-            asyncio.run(_serve(settings, examples, data_dir))
+                                tokens=(Principal.from_token("dev", token, "admin"),))
+            asyncio.run(_serve(settings, token, examples, data_dir))
         finally:
             cluster.stop()
     except (ConfigCenterError, RuntimeError) as exc:
@@ -135,11 +153,10 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-async def _serve(settings: Settings, examples: Path, data_dir: Path) -> None:
+async def _serve(settings: Settings, token: str, examples: Path, data_dir: Path) -> None:
     async def announce(runtime: Runtime) -> None:
         await wait_ready(runtime, 30)
         url = f"http://{settings.listen}"
-        token = next(iter(settings.tokens))
         loaded = await load_examples(url, token, find_examples(examples))
         print(banner(url, token, settings, data_dir, loaded), flush=True)
 
@@ -192,7 +209,7 @@ def banner(url: str, token: str, settings: Settings, data_dir: Path, loaded: lis
     return "\n".join([
         f"configcenter dev is running at {url}",
         f"  etcd:   {','.join(settings.etcd_endpoints)} (data in {data_dir})",
-        f"  token:  {token} (writer, new on every start)",
+        f"  token:  {token} (principal dev, role admin, new on every start)",
         "examples:",
         *(loaded or ["  (none found)"]),
         "",

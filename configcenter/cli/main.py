@@ -16,11 +16,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from configcenter_sdk._tls import client_ssl_context
+
 from ..codec import parse_json, parse_yaml
 from ..errors import ConfigCenterError, InvalidBodyError, PayloadTooLargeError
 from ..model import KINDS, validate_namespace, validate_prefix
 from . import output as out
-from .client import EXIT_OK, EXIT_USAGE, Client, CliError, WatchOptions, usage_error, watch
+from .client import EXIT_OK, EXIT_USAGE, Client, CliError, WatchOptions, request_id_arg, usage_error, watch
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 30.0
@@ -220,7 +222,8 @@ async def cmd_watch(args: argparse.Namespace, client: Client) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .dev import run_serve
 
-    return run_serve(args.config, listen=args.listen, etcd=args.etcd, prefix=args.prefix)
+    return run_serve(args.config, listen=args.listen, etcd=args.etcd, prefix=args.prefix,
+                     tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -261,6 +264,12 @@ def global_flags(suppress: bool) -> argparse.ArgumentParser:
                         help="machine output: the server's JSON")
     parent.add_argument("--timeout", type=non_negative_float, default=default, metavar="S",
                         help=f"seconds per request (default {DEFAULT_TIMEOUT:g}); for watch: bounds the whole watch")
+    parent.add_argument("--request-id", type=request_id_arg, default=default, metavar="ID",
+                        help="X-Request-ID sent with the requests (default: a new id); shown with server errors")
+    for flag, text in (("--ca-file", "CA bundle for https:// (default: system CAs)"),
+                       ("--client-cert", "client certificate (mTLS)"), ("--client-key", "key of --client-cert")):
+        env = "$CONFIGCENTER_" + flag[2:].replace("-", "_").upper()
+        parent.add_argument(flag, default=default, metavar="FILE", help=f"PEM {text}; env {env}")
     return parent
 
 
@@ -277,6 +286,9 @@ def add_local_commands(sub: Any) -> None:
     serve.add_argument("--listen", metavar="HOST:PORT", help="listen address (env CONFIGCENTER_LISTEN)")
     serve.add_argument("--etcd", metavar="URL[,URL]", help="etcd endpoints (env CONFIGCENTER_ETCD)")
     serve.add_argument("--prefix", metavar="P", help="etcd key prefix (env CONFIGCENTER_PREFIX)")
+    for flag, text in (("--tls-cert", "serve HTTPS with this certificate chain"), ("--tls-key", "its private key"),
+                       ("--tls-client-ca", "require client certificates from this CA (mTLS)")):
+        serve.add_argument(flag, metavar="FILE", help=f"{text} (env CONFIGCENTER_{flag[2:].replace('-', '_').upper()})")
     serve.set_defaults(local=cmd_serve)
     dev = sub.add_parser("dev", help="embedded etcd + server + examples, for trying things out",
                          description="Start an embedded etcd and a server, load examples/, print a token.")
@@ -350,16 +362,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_globals(args: argparse.Namespace) -> None:
-    """Fill --server/--token/--timeout from the environment and defaults."""
+    """Fill --server/--token/--timeout/--ca-file/--client-cert/--client-key from the environment and defaults."""
     args.server = args.server or os.environ.get("CONFIGCENTER_SERVER") or DEFAULT_SERVER
     args.token = args.token or os.environ.get("CONFIGCENTER_TOKEN") or None
+    for name in ("ca_file", "client_cert", "client_key"):
+        setattr(args, name, getattr(args, name) or os.environ.get(f"CONFIGCENTER_{name.upper()}") or None)
     if args.timeout is None and args.command != "watch":
         args.timeout = DEFAULT_TIMEOUT
 
 
 async def run_remote(args: argparse.Namespace) -> int:
     handler: Handler = args.handler
-    async with Client(args.server, args.token, args.timeout or None) as client:
+    try:
+        context = client_ssl_context(args.ca_file, args.client_cert, args.client_key)
+    except ValueError as exc:
+        raise usage_error(str(exc)) from exc
+    async with Client(args.server, args.token, args.timeout or None, context, args.request_id) as client:
         return await handler(args, client)
 
 

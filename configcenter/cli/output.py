@@ -50,9 +50,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def namespaces_table(items: Sequence[Mapping[str, Any]]) -> str:
-    rows = [[i["ns"], i.get("kind"), i.get("revision"), i.get("version"), i.get("author"), i.get("message")]
+    """``NS KIND REVISION VERSION PRINCIPAL MESSAGE``: PRINCIPAL is the token that wrote the release
+    (``-`` for releases older than principals); the body's ``author`` claim is only in ``--json``."""
+    rows = [[i["ns"], i.get("kind"), i.get("revision"), i.get("version"), i.get("principal"), i.get("message")]
             for i in items]
-    return table(["NS", "KIND", "REVISION", "VERSION", "AUTHOR", "MESSAGE"], rows)
+    return table(["NS", "KIND", "REVISION", "VERSION", "PRINCIPAL", "MESSAGE"], rows)
 
 
 def op_label(entry: Mapping[str, Any]) -> str:
@@ -64,9 +66,10 @@ def op_label(entry: Mapping[str, Any]) -> str:
 
 
 def history_table(entries: Sequence[Mapping[str, Any]]) -> str:
-    rows = [[e.get("revision"), e.get("version"), op_label(e), e.get("author"), iso_time(e.get("time")),
-             e.get("message")] for e in entries]
-    return table(["REVISION", "VERSION", "OP", "AUTHOR", "TIME", "MESSAGE"], rows)
+    """``REVISION VERSION OP PRINCIPAL TRACE TIME MESSAGE``; TRACE is the write's trace id, to grep logs for."""
+    rows = [[e.get("revision"), e.get("version"), op_label(e), e.get("principal"), e.get("trace_id"),
+             iso_time(e.get("time")), e.get("message")] for e in entries]
+    return table(["REVISION", "VERSION", "OP", "PRINCIPAL", "TRACE", "TIME", "MESSAGE"], rows)
 
 
 def release_header(release: Mapping[str, Any]) -> str:

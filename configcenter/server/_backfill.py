@@ -32,8 +32,10 @@ _LOOKUP_BATCH = 64
 
 async def recent_changes(
     kv: Any, layout: KeyLayout, listed: dict[str, Any], revision: int, capacity: int, timeout: float,
+    cluster_id: int = 0,
 ) -> tuple[list[Change], int]:
-    """(changes in revision order, ring floor) consistent with ``listed`` at ``revision``."""
+    """(changes in revision order, ring floor) consistent with ``listed`` at ``revision``;
+    the changes carry ``cluster_id`` (the cluster they were read from)."""
     root = f"{layout.prefix}history/".encode()
     resp = await kv.get(root, range_end=prefix_range_end(root), revision=revision, limit=capacity,
                         sort_order=SortOrder.DESCEND, sort_target=SortTarget.MOD, timeout=timeout)
@@ -47,7 +49,7 @@ async def recent_changes(
     prevs = await _previous_revisions(kv, layout, releases, revision, timeout)
     changes = []
     for release in releases:
-        changes.append(Change(release, prevs.get(release.ns, 0)))
+        changes.append(Change(release, prevs.get(release.ns, 0), cluster_id))
         prevs[release.ns] = release.revision
     return changes, floor
 

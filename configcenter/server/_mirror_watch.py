@@ -11,6 +11,9 @@ a revision would make the mirror drop those events as replays.  So a progress
 revision P is accepted only if a keys-only read at P shows exactly the keys
 the mirror holds, none modified after the applied revision: then no change
 of ``docs/`` lies in (applied, P].
+
+``RevisionProbe`` answers "what is etcd's revision *now*" for the hub when a
+subscriber resumes above anything the mirror has heard of (see ``Mirror.etcd_revision_for``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Set
+from collections.abc import AsyncIterator, Awaitable, Callable, Set
 from typing import Any
 
 from etcd3aio import Etcd3Client, prefix_range_end
@@ -104,3 +107,43 @@ class ProgressVerifier:
         with contextlib.suppress(UnicodeDecodeError):
             return {self._layout.ns_of_doc_key(item.key) for item in resp.kvs} == set(present)
         return False
+
+
+class RevisionProbe:
+    """etcd's response header from a linearizable read that *started after* the caller asked.
+
+    Concurrent callers share reads: at most one read is in flight and callers
+    that arrive meanwhile wait for the next one, however many they are.  So a
+    flood of subscribers with crafted resume ids costs one small range per etcd
+    round trip, not one per subscriber.  ``header()`` gives None when the read
+    failed or took longer than ``timeout`` (the read itself carries etcd's timeout).
+    """
+
+    def __init__(self, read: Callable[[], Awaitable[Any]]) -> None:
+        self._read = read
+        self._task: asyncio.Task[Any] | None = None
+        self._started = 0  # reads started so far; a caller needs one numbered above what it saw
+
+    async def header(self, timeout: float) -> Any | None:
+        try:
+            return await asyncio.wait_for(self._fresh_header(), timeout)
+        except Exception:  # etcd unreachable, timeout: the caller cannot confirm anything
+            return None
+
+    async def _fresh_header(self) -> Any:
+        needed = self._started + 1
+        while True:
+            if self._task is None:
+                self._started += 1
+                task = self._task = asyncio.ensure_future(self._read())
+                task.add_done_callback(self._finished)
+            number, task = self._started, self._task
+            result = await asyncio.shield(task)
+            if number >= needed:
+                return result.header
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        if self._task is task:
+            self._task = None
+        if not task.cancelled():
+            task.exception()  # retrieved, so a failed read is not logged as "never retrieved"

@@ -6,6 +6,8 @@ error middleware turns those (and aiohttp's own 404/405/413) into
 carries.  Writes go to etcd through the store and return once the mirror has
 applied them (bounded wait), so a read right after a write sees it.  Current
 reads come from the mirror and keep working, marked stale, while etcd is down.
+Every handler authorizes first (``auth.py``: 401/403 before anything is read
+or written) and every write is stamped with the request's origin (``audit.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from ..codec import dump_json, parse_body
 from ..diffing import structured_diff, unified_patch
 from ..model import Release, validate_namespace, validate_prefix
 from ..validation import parse_envelope, validate_document
+from .audit import request_info
+from .auth import Action, Principal
+from .changes import ResumePoint, parse_resume_id
 from .runtime import RUNTIME, Runtime
 
 log = logging.getLogger("configcenter.api")
@@ -90,24 +95,38 @@ def release_response(release: Release, runtime: Runtime, status: int = 200) -> w
     return json_response(release.to_json(), status, runtime.staleness_headers())
 
 
+def authorized(request: web.Request, action: Action) -> tuple[Principal | None, str]:
+    """Authorize ``action`` on the ``{ns}`` of the path: role (401/403), name (400), scope (403)."""
+    auth = rt(request).auth
+    principal = auth.require(request, action)
+    ns = validate_namespace(request.match_info["ns"])
+    auth.check_scope(request, principal, action, ns)
+    return principal, ns
+
+
+async def published(request: web.Request, release: Release) -> None:
+    """A write succeeded: note its revision for the audit log, wait until reads see it."""
+    request_info(request).revision = release.revision
+    await rt(request).visible(release.revision)
+
+
 async def push(request: web.Request) -> web.Response:
     runtime = rt(request)
-    runtime.auth.require_write(request)
-    ns = validate_namespace(request.match_info["ns"])
+    _, ns = authorized(request, "push")
     envelope = parse_envelope(await read_body(request))
     await runtime.offload(validate_document, envelope.kind, envelope.doc,
                           max_regex_program_size=runtime.settings.limits.max_regex_program_size)
     release = await runtime.store.push(
-        ns, envelope.kind, envelope.doc, author=envelope.author, message=envelope.message, if_match=if_match(request)
+        ns, envelope.kind, envelope.doc, author=envelope.author, message=envelope.message, if_match=if_match(request),
+        origin=request_info(request).origin(),
     )
-    await runtime.visible(release.revision)
+    await published(request, release)
     return release_response(release, runtime, 201 if release.version == 1 else 200)
 
 
 async def get_namespace(request: web.Request) -> web.Response:
     runtime = rt(request)
-    runtime.auth.require_read(request)
-    ns = validate_namespace(request.match_info["ns"])
+    _, ns = authorized(request, "get")
     revision = int_param(request, "revision", minimum=1)
     if revision is not None:
         return release_response(await runtime.store.get_at(ns, revision), runtime)
@@ -115,28 +134,28 @@ async def get_namespace(request: web.Request) -> web.Response:
 
 
 async def list_namespaces(request: web.Request) -> web.Response:
+    """Namespaces under ``?prefix=``; with ``read_requires_token`` only those in the token's scope."""
     runtime = rt(request)
-    runtime.auth.require_read(request)
+    principal = runtime.auth.require(request, "list")
     prefix = validate_prefix(request.query.get("prefix", ""))
     revision, releases = await runtime.list(prefix)
-    items = [r.to_json(with_doc=False) for r in releases]
+    items = [r.to_json(with_doc=False) for r in releases if runtime.auth.visible(principal, r.ns)]
     return json_response({"revision": revision, "namespaces": items}, headers=runtime.staleness_headers())
 
 
 async def delete_namespace(request: web.Request) -> web.Response:
     runtime = rt(request)
-    runtime.auth.require_write(request)
-    ns = validate_namespace(request.match_info["ns"])
+    _, ns = authorized(request, "delete")
     release = await runtime.store.delete(ns, author=request.query.get("author", ""),
-                                         message=request.query.get("message", ""), if_match=if_match(request))
-    await runtime.visible(release.revision)
+                                         message=request.query.get("message", ""), if_match=if_match(request),
+                                         origin=request_info(request).origin())
+    await published(request, release)
     return json_response(release.to_json(with_doc=False))
 
 
 async def history(request: web.Request) -> web.Response:
     runtime = rt(request)
-    runtime.auth.require_read(request)
-    ns = validate_namespace(request.match_info["ns"])
+    _, ns = authorized(request, "history")
     limit = int_param(request, "limit", 20, minimum=1) or 20
     page = await runtime.store.history(ns, min(limit, 1000), int_param(request, "before", minimum=1))
     entries = [r.to_json(with_doc=False) for r in page.entries]
@@ -145,8 +164,7 @@ async def history(request: web.Request) -> web.Response:
 
 async def diff(request: web.Request) -> web.Response:
     runtime = rt(request)
-    runtime.auth.require_read(request)
-    ns = validate_namespace(request.match_info["ns"])
+    _, ns = authorized(request, "diff")
     from_rev, to_rev = int_param(request, "from", minimum=1), int_param(request, "to", minimum=1)
     if from_rev is None:
         raise errors.InvalidArgumentError("diff needs ?from=REVISION (and optionally &to=REVISION)")
@@ -170,24 +188,22 @@ def diff_body(ns: str, old: Release, new: Release) -> dict[str, Any]:
 
 async def rollback(request: web.Request) -> web.Response:
     runtime = rt(request)
-    runtime.auth.require_write(request)
-    ns = validate_namespace(request.match_info["ns"])
+    _, ns = authorized(request, "rollback")
     body = await read_body(request)
     target = body.get("to_revision") if isinstance(body, dict) else None
     if not isinstance(target, int) or isinstance(target, bool) or target < 1:
         raise errors.InvalidBodyError("body must be {to_revision: <revision>, message?, author?}")
     release = await runtime.store.rollback(
         ns, target, author=str(body.get("author", "")), message=str(body.get("message", "")),
-        if_match=if_match(request),
+        if_match=if_match(request), origin=request_info(request).origin(),
     )
-    await runtime.visible(release.revision)
+    await published(request, release)
     return release_response(release, runtime)
 
 
 async def evaluate_route(request: web.Request) -> web.Response:
     runtime = rt(request)
-    runtime.auth.require_read(request)
-    ns = validate_namespace(request.match_info["ns"])
+    _, ns = authorized(request, "route")
     body = await read_body(request)
     headers = body.get("headers") if isinstance(body, dict) else None
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
@@ -199,17 +215,21 @@ async def evaluate_route(request: web.Request) -> web.Response:
 
 async def watch(request: web.Request) -> web.StreamResponse:
     runtime = rt(request)
-    runtime.auth.require_read(request)
+    principal = runtime.auth.require(request, "watch")
     selectors = request.query.getall("ns", [])
     for sel in selectors:
         validate_prefix(sel) if sel.endswith("/") else validate_namespace(sel)
-    since = int_param(request, "since")
+    selectors = runtime.auth.narrow(request, principal, selectors)  # to the token's scope (auth.py)
+    return await runtime.hub.stream(request, selectors, resume_point(request))
+
+
+def resume_point(request: web.Request) -> ResumePoint | None:
+    """``Last-Event-ID`` (wins) or ``?since=``: ``<revision>`` or ``<cluster hex>:<revision>``; both are
+    validated (400 ``invalid_argument``), empty means none."""
+    since = request.query.get("since", "")
+    point = parse_resume_id(since, "since") if since else None
     last_event_id = request.headers.get("Last-Event-ID", "").strip()
-    if last_event_id:
-        if not last_event_id.isdigit():
-            raise errors.InvalidArgumentError(f"Last-Event-ID must be a revision, got {last_event_id!r}")
-        since = int(last_event_id)
-    return await runtime.hub.stream(request, selectors, since)
+    return parse_resume_id(last_event_id, "Last-Event-ID") if last_event_id else point
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -19,9 +19,11 @@ from typing import Any
 from aiohttp import web
 
 from .api import Handler, add_routes, error_middleware
+from .audit import add_request_id, make_audit_middleware
 from .listener import GuardedSite
 from .runtime import RUNTIME, Runtime
 from .settings import Settings
+from .tls import server_ssl_context
 
 log = logging.getLogger("configcenter.serve")
 
@@ -38,8 +40,11 @@ async def connection_middleware(request: web.Request, handler: Handler) -> web.S
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[connection_middleware, error_middleware],
+    """The application: connection guard, then request id + audit (sees every final status), then errors."""
+    audit_middleware = make_audit_middleware(settings.trusted_proxies)
+    app = web.Application(middlewares=[connection_middleware, audit_middleware, error_middleware],
                           client_max_size=settings.limits.max_body_bytes)
+    app.on_response_prepare.append(add_request_id)
     runtime = Runtime(settings)
     app[RUNTIME] = runtime
     add_routes(app)
@@ -66,8 +71,11 @@ async def serve(settings: Settings, *, ssl_context: ssl.SSLContext | None = None
                 on_ready: Callable[[Runtime], Awaitable[None]] | None = None) -> None:
     """Serve until SIGINT/SIGTERM, then stop cleanly.  ``OSError`` if the address cannot be bound.
 
-    ``on_ready`` runs once the listener is up (it may wait for etcd itself).
+    ``on_ready`` runs once the listener is up (it may wait for etcd itself).  Without ``ssl_context``
+    the listener uses ``settings.tls`` (``tls.server_ssl_context``); plain HTTP only when neither is set.
     """
+    if ssl_context is None and settings.tls is not None:
+        ssl_context = server_ssl_context(settings.tls)
     raise_fd_limit(settings.limits.max_connections + 256)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -2,10 +2,18 @@
 
 A ``Change`` is immutable and shared by every subscriber; its SSE encoding is
 computed once, on first use, not once per subscriber.
+
+SSE ids (resume points) name the etcd cluster as well as the revision:
+``<cluster_id as lowercase hex>:<revision>``, e.g. ``id: 8e9e05c52164694d:1043``.
+A revision number of one cluster means nothing in another (a rebuilt cluster,
+a region fed by ``etcdctl make-mirror``), so a resume id from another cluster
+must get a ``reset``, never a replay.  Plain ``<revision>`` ids (curl, old
+SDKs, ``?since=R``) are still accepted and trusted to be of the current cluster.
 """
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -13,16 +21,57 @@ from typing import Any
 
 import orjson
 
+from ..errors import InvalidArgumentError
 from ..model import Release
+
+MAX_RESUME_ID = 64  # longest valid id is 16 hex + ":" + 19 digits = 36 characters
+MAX_REVISION = 2**63 - 1  # etcd revisions are int64
+_RESUME_ID = re.compile(r"(?:([0-9a-f]{1,16}):)?([0-9]{1,19})")
+
+
+def event_id(cluster_id: int, revision: int) -> bytes:
+    """The SSE ``id`` of an event at ``revision``: ``<cluster hex>:<revision>`` (plain revision if unknown)."""
+    return b"%x:%d" % (cluster_id, revision) if cluster_id else b"%d" % revision
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePoint:
+    """Where a subscriber says it stands: ``revision``, and the cluster it came from if it said so."""
+
+    revision: int
+    cluster_id: int | None = None
+
+
+def parse_resume_id(raw: str, source: str) -> ResumePoint:
+    """Parse a ``Last-Event-ID`` / ``?since=`` value (hostile input).
+
+    Accepts exactly ``<revision>`` or ``<cluster hex>:<revision>``: ASCII
+    digits (at most 19, value <= 2**63-1), lowercase hex (1-16 digits), at most
+    ``MAX_RESUME_ID`` characters checked before anything else.  Anything else
+    raises ``InvalidArgumentError`` (400 ``invalid_argument``) naming ``source``.
+    """
+    shown = raw if len(raw) <= MAX_RESUME_ID else raw[:MAX_RESUME_ID] + "..."
+    hint = "expected <revision> or <cluster hex>:<revision> as sent in an event id"
+    match = _RESUME_ID.fullmatch(raw) if len(raw) <= MAX_RESUME_ID else None
+    if match is None:
+        raise InvalidArgumentError(f"{source} must be a resume id ({hint}), got {shown!r}", parameter=source)
+    revision = int(match.group(2))
+    if revision > MAX_REVISION:
+        raise InvalidArgumentError(f"{source} revision {revision} is out of range (max {MAX_REVISION})",
+                                   parameter=source)
+    cluster = match.group(1)
+    return ResumePoint(revision, None if cluster is None else int(cluster, 16))
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
     """``release`` is the new state (``doc`` None for deletions); ``prev_revision`` is the
-    revision of the previous change of the same namespace (0 if none is known)."""
+    revision of the previous change of the same namespace (0 if none is known);
+    ``cluster_id`` is the etcd cluster it happened in (0: unknown), part of its SSE id."""
 
     release: Release
     prev_revision: int
+    cluster_id: int = 0
     _sse: list[bytes] = field(default_factory=list, compare=False, repr=False)
 
     @property
@@ -40,7 +89,8 @@ class Change:
         """``id/event/data`` frame, encoded once and cached."""
         if not self._sse:
             data = orjson.dumps(self.to_json())
-            self._sse.append(b"id: %d\nevent: change\ndata: %s\n\n" % (self.revision, data))
+            frame = b"id: %s\nevent: change\ndata: %s\n\n" % (event_id(self.cluster_id, self.revision), data)
+            self._sse.append(frame)
         return self._sse[0]
 
 

@@ -2,6 +2,11 @@
 
 Kept private so the rest of the server speaks in namespaces and releases,
 never in raw keys or gRPC status codes.
+
+The client (``EtcdClient``) is etcd3aio's on a gRPC channel built here: TLS from
+``etcd.tls`` (or implied by https:// endpoints), and with ``etcd.username`` a
+``TokenKeeper`` plus a channel interceptor that put etcd's auth token on every call,
+the mirror's raw Watch stream included (``_etcd_auth``).
 """
 
 from __future__ import annotations
@@ -14,10 +19,16 @@ import grpc.aio
 from etcd3aio import Etcd3Client, EtcdError
 
 # etcd3aio exposes no progress requests on its watch helper, so the mirror
-# drives the Watch stream itself with the generated stubs it ships.
+# drives the Watch stream itself with the generated stubs it ships;
+# ConnectionManager is subclassed for our TLS material and interceptors.
 from etcd3aio._protobuf import rpc_pb2, rpc_pb2_grpc
+from etcd3aio.connections import ConnectionManager
+from etcd3aio.errors import EtcdPermissionDeniedError, EtcdUnauthenticatedError
 
 from ..errors import EtcdUnavailableError
+from ._etcd_auth import EtcdAccessError, TokenKeeper, token_interceptors
+from .settings import EtcdCredentials, EtcdTLS, Settings
+from .tls import EtcdTLSMaterial, etcd_tls_material
 
 WatchRequest = rpc_pb2.WatchRequest
 WatchCreateRequest = rpc_pb2.WatchCreateRequest
@@ -57,14 +68,75 @@ class KeyLayout:
         return int(key.rsplit(b"/", 1)[1])
 
 
-def connect(endpoints: Sequence[str]) -> Etcd3Client:
-    """An unconnected client; ``await client.connect()`` opens the channel lazily (no I/O)."""
+class _Channels(ConnectionManager):
+    """etcd3aio's channel factory (same target and options) with our TLS material and interceptors."""
+
+    def __init__(self, endpoints: Sequence[str], tls: EtcdTLSMaterial | None,
+                 interceptors: Sequence[grpc.aio.ClientInterceptor]) -> None:
+        super().__init__(endpoints)
+        self._tls = tls
+        self._interceptors = list(interceptors) or None
+
+    def get_channel(self, ca_cert: bytes | None = None, cert_key: bytes | None = None,
+                    cert_chain: bytes | None = None, tls_server_name: str | None = None) -> grpc.aio.Channel:
+        """A new channel; the arguments of etcd3aio's signature are ignored (the material is ours)."""
+        if self._tls is None:
+            return grpc.aio.insecure_channel(self.target, options=self.grpc_options, interceptors=self._interceptors)
+        credentials = grpc.ssl_channel_credentials(self._tls.ca_cert, self._tls.cert_key, self._tls.cert_chain)
+        options = [*self.grpc_options, ("grpc.ssl_target_name_override", self._tls.server_name)]
+        return grpc.aio.secure_channel(self.target, credentials, options=options, interceptors=self._interceptors)
+
+
+class EtcdClient(Etcd3Client):
+    """etcd3aio's client on our channel; ``connect()`` also starts the token keeper (if any)."""
+
+    def __init__(self, endpoints: Sequence[str], *, tls: EtcdTLSMaterial | None = None,
+                 keeper: TokenKeeper | None = None) -> None:
+        super().__init__(list(endpoints), rpc_max_attempts=2, watch_reconnect_backoff_seconds=0.1)
+        self.keeper = keeper
+        self._manager = _Channels(endpoints, tls, token_interceptors(keeper) if keeper else [])
+
+    @property
+    def access_problem(self) -> str | None:
+        """Why etcd refuses our credentials or permissions right now (one line), or None."""
+        return self.keeper.problem if self.keeper is not None else None
+
+    async def connect(self) -> None:
+        await super().connect()
+        if self.keeper is not None and self.auth is not None:
+            self.keeper.start(self.auth)
+
+    async def close(self) -> None:
+        if self.keeper is not None:
+            await self.keeper.stop()
+        await super().close()
+
+
+def connect(endpoints: Sequence[str], *, tls: EtcdTLS | None = None, credentials: EtcdCredentials | None = None,
+            prefix: str = "/configcenter/", timeout: float = 5.0) -> EtcdClient:
+    """An unconnected client; ``await client.connect()`` opens the channel lazily (no I/O).
+
+    TLS when ``tls`` is given or an endpoint is https:// (then with the system CA store unless
+    ``tls.ca_file``); ``ConfigError`` if its files are unusable.  With ``credentials`` every call
+    carries an auth token of that user (``_etcd_auth``); ``prefix`` only serves error messages.
+    """
+    if tls is None and any(e.startswith("https://") for e in endpoints):
+        tls = EtcdTLS()
     clean = [e.removeprefix("http://").removeprefix("https://") for e in endpoints]
-    return Etcd3Client(clean, rpc_max_attempts=2, watch_reconnect_backoff_seconds=0.1)
+    material = etcd_tls_material(tls, clean[0].rpartition(":")[0].strip("[]")) if tls is not None else None
+    keeper = TokenKeeper(credentials, prefix, timeout=timeout) if credentials is not None else None
+    return EtcdClient(clean, tls=material, keeper=keeper)
+
+
+def client_for(settings: Settings) -> EtcdClient:
+    """The server's etcd client as ``settings`` describe it (endpoints, TLS, user)."""
+    return connect(settings.etcd_endpoints, tls=settings.etcd_tls, credentials=settings.etcd_auth,
+                   prefix=settings.prefix, timeout=settings.watch.etcd_timeout)
 
 
 def watch_stub(client: Etcd3Client) -> rpc_pb2_grpc.WatchStub:
-    """A raw Watch stub on the client's channel (see module note on progress requests)."""
+    """A raw Watch stub on the client's channel (see module note on progress requests); the
+    channel's interceptor adds the auth token to its calls when an etcd user is configured."""
     channel = client._channel
     if channel is None:
         raise RuntimeError("etcd client is not connected")
@@ -73,9 +145,19 @@ def watch_stub(client: Etcd3Client) -> rpc_pb2_grpc.WatchStub:
 
 @contextlib.contextmanager
 def etcd_errors(action: str) -> Iterator[None]:
-    """Turn every way an etcd call can fail for lack of etcd into ``EtcdUnavailableError`` (503)."""
+    """Turn every way an etcd call can fail for lack of etcd into ``EtcdUnavailableError`` (503);
+    refusals by etcd's authentication say so ("etcd refused access", ``details.reason = etcd_access``)."""
     try:
         yield
+    except EtcdAccessError as exc:
+        raise EtcdUnavailableError(f"etcd refused access, cannot {action}: {exc}", action=action,
+                                   reason="etcd_access") from exc
+    except (EtcdUnauthenticatedError, EtcdPermissionDeniedError) as exc:
+        raise EtcdUnavailableError(
+            f"etcd refused access, cannot {action}: {exc} (is authentication enabled in etcd? configure "
+            "etcd.username and etcd.password_file for a user whose role covers the prefix)",
+            action=action, reason="etcd_access",
+        ) from exc
     except (EtcdError, grpc.aio.AioRpcError, TimeoutError, ConnectionError) as exc:
         raise EtcdUnavailableError(
             f"etcd is unavailable, cannot {action}: {exc.__class__.__name__}: {exc}".strip(),

@@ -5,16 +5,36 @@ Per-subscriber contract
 * A subscriber is registered and its catch-up computed in one synchronous
   step, so between the replay (from the ring) and the live changes there is
   neither a gap nor a duplicate.
-* Without a resume point, or when the ring no longer covers it, the first
-  event is one ``reset`` carrying a snapshot of the subscribed namespaces at a
-  revision; changes at or below that revision are then never sent.
-* Every ``change`` has ``id: <revision>``; ids never decrease on a stream.
+* Ids are ``<cluster hex>:<revision>`` (``changes.event_id``); a resume id is
+  ``Last-Event-ID`` / ``?since=`` as ``<revision>`` or ``<cluster hex>:<revision>``.
+* The first event is one ``reset`` (a snapshot of the subscribed namespaces at
+  a revision; changes at or below it are then never sent) whose data says why:
+  ``no_resume_point``; ``cluster_changed`` (the id names another etcd
+  cluster); ``resume_ahead_of_cluster`` (the revision is above etcd's current
+  one: etcd was restored or replaced); ``ring_expired`` (the ring no longer
+  covers it).  Otherwise the missed changes are replayed from the ring.
+* A resume revision above this replica's mirror but not above etcd's current
+  revision (the client came from a replica that is ahead) gets no reset:
+  nothing at or below it is sent, the rest follows as the mirror catches up.
+  etcd's current revision is known from the mirror's response headers; only
+  a revision above those costs one shared, bounded read (``Mirror.etcd_revision_for``).
+  If etcd cannot be asked, the subscriber waits as for a replica that is behind,
+  and every idle ``progress_interval`` while it is still ahead of the mirror the
+  question is asked again (free while etcd's known revision covers it).
+* Later resets: ``queue_overflow``; and ``cluster_changed`` /
+  ``revision_went_back`` to every subscriber when the mirror replaced its
+  state.  These two and ``resume_ahead_of_cluster`` carry a revision that may
+  be *below* the client's: it is authoritative.
+* Ids never decrease on a stream, except at such a backwards reset.
 * ``progress`` (id = the mirror's applied revision) is sent when the stream has
   been idle for ``progress_interval``; it is only sent with an empty queue, so
   a client may resume from it.
 * The queue holds at most ``queue_size`` changes.  On overflow it is emptied
   and the subscriber gets a ``reset`` instead: memory stays bounded however
   slowly a client reads.
+* No stream starts before the mirror's first list: until then (at most
+  ``READY_WAIT`` seconds of waiting) the answer is 503 ``etcd_unavailable``,
+  because a reset of an empty view would tell clients to delete everything.
 """
 
 from __future__ import annotations
@@ -31,11 +51,20 @@ from aiohttp import web
 
 from configcenter_sdk.names import namespace_matcher
 
-from .changes import Change
+from ..errors import EtcdUnavailableError
+from .changes import Change, ResumePoint, event_id
 from .metrics import Metrics
-from .mirror import Mirror
+from .mirror import CLUSTER_CHANGED, REVISION_WENT_BACK, Mirror
 
 Matcher = Callable[[str], bool]
+NO_RESUME_POINT = "no_resume_point"
+RING_EXPIRED = "ring_expired"
+QUEUE_OVERFLOW = "queue_overflow"
+RESUME_AHEAD = "resume_ahead_of_cluster"
+# resets whose revision may be below the client's (etcd went back or is another cluster)
+BACKWARDS = frozenset({CLUSTER_CHANGED, RESUME_AHEAD, REVISION_WENT_BACK})
+READY_WAIT = 2.0  # seconds a subscriber may wait for the mirror's first list
+PROBE_TIMEOUT = 1.0  # seconds a subscriber may wait for etcd's current revision
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +86,7 @@ class Subscription:
     limit: int
     queue: deque[Change | InvalidNotice] = field(default_factory=deque)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    needs_reset: bool = False
+    needs_reset: str | None = None  # the reason of a pending reset
     floor: int = 0  # nothing at or below this revision is sent any more
 
     def offer(self, items: Sequence[Change | InvalidNotice]) -> bool:
@@ -66,13 +95,18 @@ class Subscription:
         if not matching:
             return True
         if len(self.queue) + len(matching) > self.limit:
-            self.queue.clear()
-            self.needs_reset = True
-            self.wakeup.set()
+            self.reset(QUEUE_OVERFLOW)
             return False
         self.queue.extend(matching)
         self.wakeup.set()
         return True
+
+    def reset(self, reason: str) -> None:
+        """Drop the backlog; the next thing sent is a reset (a backwards reason wins over overflow)."""
+        self.queue.clear()
+        if self.needs_reset is None or reason in BACKWARDS:
+            self.needs_reset = reason
+        self.wakeup.set()
 
 
 class Hub:
@@ -86,22 +120,33 @@ class Hub:
         self.subscriptions: set[Subscription] = set()
         mirror.listeners.append(self._fan_out)
         mirror.invalid_listeners.append(lambda ns, rev, err: self._fan_out([InvalidNotice(ns, rev, err)]))
+        mirror.reset_listeners.append(self._reset_all)
+
+    def _reset_all(self, reason: str) -> None:
+        for sub in self.subscriptions:
+            sub.reset(reason)
 
     def _fan_out(self, items: Sequence[Change | InvalidNotice]) -> None:
         for sub in self.subscriptions:
             if not sub.offer(items):
                 self._metrics.inc("configcenter_subscriber_overflows_total")
 
-    async def stream(self, request: web.Request, selectors: list[str], since: int | None) -> web.StreamResponse:
+    async def stream(self, request: web.Request, selectors: list[str],
+                     since: ResumePoint | None) -> web.StreamResponse:
+        """Serve one subscription until the client goes; 503 ``EtcdUnavailableError`` if the mirror never listed."""
+        await self._wait_ready()
         resp = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
         })
         await resp.prepare(request)
+        etcd_revision = None
+        if since is not None and since.cluster_id in (None, self._mirror.cluster_id):
+            etcd_revision = await self._mirror.etcd_revision_for(since.revision, PROBE_TIMEOUT)
         sub = Subscription(namespace_matcher(selectors), self._queue_size)
-        self.subscriptions.add(sub)
+        self.subscriptions.add(sub)  # from here to the catch-up frame nothing awaits: no gap, no duplicate
         self._metrics.set("configcenter_subscribers", len(self.subscriptions))
         try:
-            await resp.write(self._catch_up(sub, since))
+            await resp.write(self._catch_up(sub, since, etcd_revision))
             while True:
                 await self._send_next(sub, resp)
         except (ConnectionResetError, ConnectionError):
@@ -111,26 +156,51 @@ class Hub:
             self._metrics.set("configcenter_subscribers", len(self.subscriptions))
         return resp
 
-    def _catch_up(self, sub: Subscription, since: int | None) -> bytes:
-        """Replay from the ring when it covers ``since``, else a reset.  Synchronous on purpose."""
-        if since is not None:
-            replay = self._mirror.ring.since(since)
+    async def _wait_ready(self) -> None:
+        try:
+            await asyncio.wait_for(self._mirror.ready.wait(), min(READY_WAIT, self._progress_interval))
+        except TimeoutError:
+            raise EtcdUnavailableError("the server has not read etcd yet; retry or use another replica") from None
+
+    def _catch_up(self, sub: Subscription, since: ResumePoint | None, etcd_revision: int | None) -> bytes:
+        """Replay from the ring when it covers ``since``, else a reset.  Synchronous on purpose.
+
+        ``etcd_revision``: etcd's current revision if known (None: wait, as for a replica behind).
+        """
+        reason = self._reset_reason(since, etcd_revision)
+        if reason is None and since is not None:
+            replay = self._mirror.ring.since(since.revision)
             if replay is not None:
-                sub.floor = since
+                sub.floor = since.revision
                 frames = [c.sse() for c in replay if sub.match(c.ns)]
                 if replay:
                     sub.floor = replay[-1].revision
                 return b"".join(frames) or self._progress_frame(sub)
-        return self._reset_frame(sub)
+            reason = RING_EXPIRED
+        return self._reset_frame(sub, reason or NO_RESUME_POINT)
+
+    def _reset_reason(self, since: ResumePoint | None, etcd_revision: int | None) -> str | None:
+        if since is None:
+            return NO_RESUME_POINT
+        if since.cluster_id is not None and since.cluster_id != self._mirror.cluster_id:
+            return CLUSTER_CHANGED
+        if etcd_revision is not None and since.revision > etcd_revision:
+            return RESUME_AHEAD
+        return None
 
     async def _send_next(self, sub: Subscription, resp: web.StreamResponse) -> None:
+        """Wait for work (at most ``progress_interval``), then send a reset, the queued changes or a progress."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(sub.wakeup.wait(), self._progress_interval)
         sub.wakeup.clear()
-        if sub.needs_reset:
-            sub.needs_reset = False
+        if sub.needs_reset is None and not sub.queue and sub.floor > self._mirror.applied_revision:
+            etcd_revision = await self._mirror.etcd_revision_for(sub.floor, PROBE_TIMEOUT)
+            if etcd_revision is not None and sub.floor > etcd_revision:
+                sub.reset(RESUME_AHEAD)
+        if sub.needs_reset is not None:
+            reason, sub.needs_reset = sub.needs_reset, None
             sub.queue.clear()
-            await resp.write(self._reset_frame(sub))
+            await resp.write(self._reset_frame(sub, reason))
             return
         if not sub.queue:
             await resp.write(self._progress_frame(sub))
@@ -153,16 +223,20 @@ class Hub:
                     self._metrics.observe_propagation(max(0.0, now - item.release.time))
         self._metrics.inc("configcenter_changes_sent_total", sent)
 
-    def _reset_frame(self, sub: Subscription) -> bytes:
+    def _reset_frame(self, sub: Subscription, reason: str) -> bytes:
+        """A snapshot at the mirror's revision; never below the stream's floor unless ``reason`` is backwards."""
         revision, docs = self._mirror.snapshot(sub.match)
-        revision = max(revision, sub.floor)
+        if reason not in BACKWARDS:
+            revision = max(revision, sub.floor)
         sub.floor = revision
-        data = orjson.dumps({"revision": revision, "namespaces": {ns: r.to_json() for ns, r in docs.items()}})
-        return b"id: %d\nevent: reset\ndata: %s\n\n" % (revision, data)
+        cluster = self._mirror.cluster_id
+        data = orjson.dumps({"revision": revision, "reason": reason, "cluster": f"{cluster:x}",
+                             "namespaces": {ns: r.to_json() for ns, r in docs.items()}})
+        return b"id: %s\nevent: reset\ndata: %s\n\n" % (event_id(cluster, revision), data)
 
     def _progress_frame(self, sub: Subscription) -> bytes:
         revision = max(self._mirror.applied_revision, sub.floor)
         sub.floor = revision
         stale = round(self._mirror.stale_seconds(), 3)
         data = orjson.dumps({"revision": revision, "stale": stale > 0, "stale_seconds": stale})
-        return b"id: %d\nevent: progress\ndata: %s\n\n" % (revision, data)
+        return b"id: %s\nevent: progress\ndata: %s\n\n" % (event_id(self._mirror.cluster_id, revision), data)

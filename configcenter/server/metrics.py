@@ -13,6 +13,7 @@ _HELP = {
     "configcenter_applied_revision": ("gauge", "etcd revision up to which the mirror has applied every change"),
     "configcenter_watch_reconnects_total": ("counter", "times the mirror lost its etcd watch and reconnected"),
     "configcenter_mirror_resyncs_total": ("counter", "full re-lists after etcd compacted the resume point"),
+    "configcenter_mirror_diverged_total": ("counter", "etcd went back (restore) or changed cluster: state replaced"),
     "configcenter_mirror_deduped_total": ("counter", "replayed watch events dropped (revision <= applied)"),
     "configcenter_progress_unverified_total": ("counter", "etcd progress notifications not trusted (events pending)"),
     "configcenter_invalid_records_total": ("counter", "records in etcd that are not valid configcenter records"),
@@ -23,6 +24,8 @@ _HELP = {
     "configcenter_open_connections": ("gauge", "open client connections (SSE streams included)"),
     "configcenter_connections_refused_total": ("counter", "connections refused at limits.max_connections"),
     "configcenter_header_timeouts_total": ("counter", "connections closed: request headers incomplete in time"),
+    "configcenter_auth_failures_total": ("counter", "requests refused 401: bad Authorization, unknown or no token"),
+    "configcenter_auth_denied_total": ("counter", "requests refused 403: the token's role or scope does not allow it"),
     "configcenter_propagation_seconds": ("histogram", "commit (server clock) to change event written to a subscriber"),
 }
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

@@ -19,6 +19,22 @@ Resume and ordering contract
   its last good state and the mirror keeps running.
 * While etcd is unreachable the mirror keeps its last view, reports itself
   stale with the age, and reconnects with exponential backoff and full jitter.
+
+Cluster identity and revisions going back
+-----------------------------------------
+* ``cluster_id`` is etcd's cluster id from the first list; ``etcd_revision``
+  the highest revision etcd's response headers showed (watch, progress, list,
+  probes).  Headers are fine for *that*: it is "etcd has reached at least",
+  never a resume point.
+* If a watch response comes from another cluster, or its header revision is
+  below ``applied_revision`` (etcd restored from a snapshot, endpoints now on
+  a new cluster), the mirror re-lists with a linearizable read.  Only if that
+  list confirms it (other cluster id, or list revision < applied) does the
+  mirror *replace* its state: WARNING, ``configcenter_mirror_diverged_total``,
+  state and ring rebuilt at the list revision (``applied_revision`` goes
+  down), and every ``reset_listeners`` callback gets the reason
+  (``cluster_changed`` / ``revision_went_back``).  A lagging member that
+  merely showed an old header costs one re-list that finds nothing to do.
 """
 
 from __future__ import annotations
@@ -37,7 +53,7 @@ from etcd3aio import Etcd3Client, prefix_range_end
 from ..model import Release
 from . import etcd as _etcd
 from ._backfill import recent_changes
-from ._mirror_watch import ProgressVerifier, WatchSession
+from ._mirror_watch import ProgressVerifier, RevisionProbe, WatchSession
 from .changes import Change, ChangeRing
 from .metrics import Metrics
 from .settings import WatchTuning
@@ -45,10 +61,16 @@ from .settings import WatchTuning
 log = logging.getLogger("configcenter.mirror")
 
 Listener = Callable[[list[Change]], None]
+CLUSTER_CHANGED = "cluster_changed"
+REVISION_WENT_BACK = "revision_went_back"
 
 
 class Compacted(Exception):
     """The watch's resume point was compacted away: a re-list is required."""
+
+
+class Diverged(Exception):
+    """etcd looks like another cluster or an older revision than the mirror: re-list to find out."""
 
 
 class Mirror:
@@ -66,8 +88,11 @@ class Mirror:
         self.last_change: dict[str, int] = {}  # ns -> revision of its latest change, deletions included
         self.invalid: dict[str, str] = {}
         self.applied_revision = 0
+        self.cluster_id = 0  # etcd's cluster id, from the first list (0 until then)
+        self.etcd_revision = 0  # etcd has reached at least this revision (response headers)
         self.ring = ChangeRing(ring_size)
         self.listeners: list[Listener] = []
+        self.reset_listeners: list[Callable[[str], None]] = []  # state replaced; argument: the reason
         self.invalid_listeners: list[Callable[[str, int, str], None]] = []
         self.connected = False
         self.ready = asyncio.Event()
@@ -75,6 +100,7 @@ class Mirror:
         self._advanced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._session: WatchSession | None = None
+        self._probe = RevisionProbe(self._read_revision)
 
     # -- life cycle -------------------------------------------------------
     def start(self) -> None:
@@ -115,19 +141,53 @@ class Mirror:
                 return False
         return True
 
+    async def etcd_revision_for(self, revision: int, timeout: float) -> int | None:
+        """etcd's current revision, when ``revision`` needs checking against it; None if unknown.
+
+        Without I/O when ``revision <= etcd_revision`` (the answer is "at least
+        ``etcd_revision``").  Otherwise one linearizable read, started after this
+        call and shared with concurrent callers (``RevisionProbe``), at most
+        ``timeout`` seconds.  None when etcd cannot be asked (or the mirror has
+        lost it), or when it answers from another cluster or below
+        ``applied_revision``: then the mirror's own view is about to be replaced
+        (its watch is dropped to find out), which resets every subscriber anyway.
+        """
+        if revision <= self.etcd_revision:
+            return self.etcd_revision
+        if not self.connected:  # etcd is down: do not hammer it on behalf of subscribers
+            return None
+        header = await self._probe.header(timeout)
+        if header is None:
+            return None
+        if int(header.cluster_id) != self.cluster_id or int(header.revision) < self.applied_revision:
+            self.drop_connection()
+            return None
+        self.etcd_revision = max(self.etcd_revision, int(header.revision))
+        return self.etcd_revision
+
+    async def _read_revision(self) -> Any:
+        kv = self._client.kv
+        if kv is None:
+            raise RuntimeError("etcd client is not connected")
+        start = self.layout.docs_prefix
+        return await kv.get(start, count_only=True, timeout=self.tuning.etcd_timeout)
+
     # -- the loop ---------------------------------------------------------
     async def _run(self) -> None:
         attempt = 0
-        need_list = not self.ready.is_set()  # a restarted mirror resumes its watch
+        # why the next pass lists instead of watching; a restarted mirror resumes its watch
+        need_list: str | None = None if self.ready.is_set() else "start"
         while True:
             try:
                 if need_list:
-                    await self._relist()
-                    need_list = False
+                    await self._relist(need_list)
+                    need_list = None
                 attempt = 0
                 await self._watch()
             except Compacted:
-                need_list = True
+                need_list = "compacted"
+            except Diverged as exc:
+                need_list = str(exc)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -152,8 +212,12 @@ class Mirror:
         self.connected = True
         self._last_contact = time.monotonic()
 
-    async def _relist(self) -> None:
-        """List ``docs/`` at a fresh revision; after the first list, publish the difference."""
+    async def _relist(self, why: str) -> None:
+        """List ``docs/`` at a fresh revision (linearizable) and load, replace or resync from it.
+
+        First list: load.  Other cluster, or a revision below the applied one:
+        replace the state (module docstring).  Otherwise publish the difference.
+        """
         start = self.layout.docs_prefix
         kv = self._client.kv
         if kv is None:
@@ -161,17 +225,40 @@ class Mirror:
         resp = await kv.get(start, range_end=prefix_range_end(start), timeout=self.tuning.etcd_timeout)
         self._contact()
         listed = {self.layout.ns_of_doc_key(item.key): item for item in resp.kvs}
-        revision = int(resp.header.revision)
-        if not self.ready.is_set():
-            changes, floor = await recent_changes(
-                kv, self.layout, listed, revision, self.ring.capacity, self.tuning.etcd_timeout)
-            self._load_initial(listed, revision, changes, floor)
+        revision, cluster = int(resp.header.revision), int(resp.header.cluster_id)
+        replaced = self._divergence(cluster, revision)
+        if not self.ready.is_set() or replaced:
+            changes, floor = await recent_changes(kv, self.layout, listed, revision, self.ring.capacity,
+                                                  self.tuning.etcd_timeout, cluster)
+            self._load(listed, (revision, cluster), changes, floor, replaced)
             return
-        log.warning("resyncing: resume point %d was compacted; re-listed at %d", self.applied_revision, revision)
+        self.etcd_revision = max(self.etcd_revision, revision)
+        log.warning("resyncing (%s): resume point %d; re-listed at %d", why, self.applied_revision, revision)
         self.metrics.inc("configcenter_mirror_resyncs_total")
         self._publish(self._diff_against(listed, revision), revision)
 
-    def _load_initial(self, listed: dict[str, Any], revision: int, recent: list[Change], floor: int) -> None:
+    def _divergence(self, cluster: int, revision: int) -> str | None:
+        """Why a list at ``revision`` of ``cluster`` cannot continue the mirror's history, if it cannot."""
+        if not self.ready.is_set():
+            return None
+        if cluster != self.cluster_id:
+            return CLUSTER_CHANGED
+        return REVISION_WENT_BACK if revision < self.applied_revision else None
+
+    def _load(self, listed: dict[str, Any], at: tuple[int, int], recent: list[Change], floor: int,
+              replaced: str | None) -> None:
+        """Make ``listed`` the whole state at ``at`` = (revision, cluster id); ``replaced``: why an older
+        state is dropped (then every reset listener is told)."""
+        revision, cluster = at
+        if replaced:
+            log.warning("etcd %s: cluster %x at revision %d, the mirror was at cluster %x revision %d; replacing "
+                        "the mirror's state and resetting every subscriber", replaced.replace("_", " "), cluster,
+                        revision, self.cluster_id, self.applied_revision)
+            self.metrics.inc("configcenter_mirror_diverged_total")
+        self.cluster_id = cluster
+        self.state.clear()
+        self.last_change.clear()
+        self.invalid.clear()
         for change in recent:
             self.last_change[change.ns] = change.revision
         for ns, item in listed.items():
@@ -179,13 +266,16 @@ class Mirror:
             if release is not None:
                 self.state[ns] = release
             self.last_change[ns] = item.mod_revision
-        self.applied_revision = revision
+        self.applied_revision = self.etcd_revision = revision
         self.ring.reset(floor)
         self.ring.extend(recent)
         if recent or floor:
             log.info("catch-up ring rebuilt from history: %d changes above revision %d", len(recent), floor)
-        self.metrics.set("configcenter_applied_revision", revision)
+        self._advance(revision)
         self.ready.set()
+        if replaced:
+            for notify in self.reset_listeners:
+                notify(replaced)
 
     def _diff_against(self, listed: dict[str, Any], revision: int) -> list[Change]:
         changes: list[Change] = []
@@ -207,6 +297,7 @@ class Mirror:
         try:
             async for resp in session.responses():
                 self._contact()
+                self._check_header(resp.header)
                 if resp.compact_revision:
                     raise Compacted(resp.compact_revision)
                 if resp.canceled:
@@ -217,6 +308,15 @@ class Mirror:
                     await self._on_progress(verifier, int(resp.header.revision))
         finally:
             self._session = None
+
+    def _check_header(self, header: Any) -> None:
+        """Note how far etcd got; ``Diverged`` if the header is from another cluster or below the mirror."""
+        revision, cluster = int(header.revision), int(header.cluster_id)
+        if cluster and cluster != self.cluster_id:
+            raise Diverged(CLUSTER_CHANGED)
+        if revision < self.applied_revision:
+            raise Diverged(REVISION_WENT_BACK)
+        self.etcd_revision = max(self.etcd_revision, revision)
 
     async def _on_progress(self, verifier: ProgressVerifier, revision: int) -> None:
         present = self.state.keys() | self.invalid.keys()
@@ -255,7 +355,7 @@ class Mirror:
         self.last_change[ns] = revision
         self.state[ns] = release
         self.invalid.pop(ns, None)
-        return [Change(release, prev)]
+        return [Change(release, prev, self.cluster_id)]
 
     def _delete_change(self, ns: str, revision: int) -> Change:
         old = self.state.pop(ns, None)
@@ -264,7 +364,7 @@ class Mirror:
         self.invalid.pop(ns, None)
         kind = old.kind if old else "config"
         version = old.version + 1 if old else 0
-        return Change(Release(ns, revision, version, "delete", kind, None, time=time.time()), prev)
+        return Change(Release(ns, revision, version, "delete", kind, None, time=time.time()), prev, self.cluster_id)
 
     def _parse(self, ns: str, revision: int, value: bytes) -> Release | None:
         try:
@@ -287,6 +387,7 @@ class Mirror:
 
     def _advance(self, revision: int) -> None:
         self.applied_revision = max(self.applied_revision, revision)
+        self.etcd_revision = max(self.etcd_revision, self.applied_revision)
         self.metrics.set("configcenter_applied_revision", self.applied_revision)
         event, self._advanced = self._advanced, asyncio.Event()
         event.set()

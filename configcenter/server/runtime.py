@@ -38,8 +38,8 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.auth = TokenAuth(settings.tokens, settings.read_requires_token)
-        self.client = _etcd.connect(settings.etcd_endpoints)
+        self.auth = TokenAuth(settings.tokens, settings.read_requires_token, self.metrics)
+        self.client = _etcd.client_for(settings)
         layout = _etcd.KeyLayout(settings.prefix)
         self.store = Store(self.client, layout, timeout=settings.watch.etcd_timeout)
         self.mirror = Mirror(self.client, layout, ring_size=settings.limits.history_ring,
@@ -52,7 +52,14 @@ class Runtime:
         self.parse_limits = ParseLimits(settings.limits.max_doc_bytes, settings.limits.max_depth)
         # (ns, from, to) -> diff body: revisions are immutable, so a diff never goes stale
         self.diffs: LRUCache[tuple[str, int, int], dict[str, Any]] = LRUCache(maxsize=16)
+        # caches keyed by revision hold only while revisions are unique: a restored or another
+        # etcd cluster reuses them for other content, so a mirror reset drops both
+        self.mirror.reset_listeners.append(self._forget_revision_keyed_caches)
         self._cpu = ThreadPoolExecutor(settings.limits.cpu_workers, thread_name_prefix="configcenter-cpu")
+
+    def _forget_revision_keyed_caches(self, _reason: str) -> None:
+        self._tables.clear()
+        self.diffs.clear()
 
     async def start(self) -> None:
         await self.client.connect()
@@ -120,7 +127,8 @@ class Runtime:
             "status": "degraded" if self.mirror.ready.is_set() else "starting",
             "etcd": "down", "revision": self.mirror.applied_revision,
             "stale_seconds": round(self.mirror.stale_seconds(), 3),
-            "message": "etcd is unreachable: reads are served from the last view, writes are refused",
+            "message": self.client.access_problem
+            or "etcd is unreachable: reads are served from the last view, writes are refused",
         }
 
 

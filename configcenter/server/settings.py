@@ -2,7 +2,9 @@
 
 Precedence (highest first): command-line flag, environment variable, config
 file, built-in default.  Unknown keys are an error, so a typo cannot silently
-leave a limit at its default.
+leave a limit at its default.  Every file named by the TLS and etcd credential
+settings must be readable when the settings load (``ConfigError`` otherwise);
+their content is checked when it is used (``server/tls.py``).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import Any
 from ruamel.yaml import YAML, YAMLError
 
 from ..errors import ConfigError
-
-ROLES = ("writer", "reader")
+from .audit import Network, parse_networks
+from .auth import Principal, legacy_principals, load_principals
 
 
 @dataclass(frozen=True)
@@ -47,15 +49,57 @@ class WatchTuning:
 
 
 @dataclass(frozen=True)
+class ServerTLS:
+    """HTTPS on the listener; with ``client_ca_file`` every client must present a certificate from that CA."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class EtcdTLS:
+    """TLS towards etcd (``etcd.tls``; https:// endpoints imply it with every field unset).
+
+    ``ca_file`` None: the system's CA store.  ``cert_file``/``key_file``: the client certificate
+    for etcd's ``--client-cert-auth``.  ``server_name``: the name checked in every member's
+    certificate (default: the first endpoint's host).
+    """
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+
+
+@dataclass(frozen=True)
+class EtcdCredentials:
+    """An etcd user for clusters with authentication enabled; exactly one of ``password`` and
+    ``password_file`` (read again at every authentication, so a rotated password needs no restart)."""
+
+    username: str
+    password: str | None = field(default=None, repr=False)
+    password_file: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     etcd_endpoints: tuple[str, ...] = ("127.0.0.1:2379",)
     prefix: str = "/configcenter/"
-    tokens: Mapping[str, str] = field(default_factory=dict)  # token -> role
+    tokens: tuple[Principal, ...] = ()  # auth.tokens; a {token: role} mapping is accepted (names token-<n>)
     read_requires_token: bool = False
+    trusted_proxies: tuple[Network, ...] = ()  # peers whose X-Forwarded-For names the client
     limits: Limits = field(default_factory=Limits)
     watch: WatchTuning = field(default_factory=WatchTuning)
+    tls: ServerTLS | None = None  # None: plain HTTP
+    etcd_tls: EtcdTLS | None = None  # None: plain gRPC, unless an endpoint is https://
+    etcd_auth: EtcdCredentials | None = None  # None: no etcd user (etcd authentication disabled)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tokens, Mapping):  # the old in-code form {token: role}
+            object.__setattr__(self, "tokens", legacy_principals(self.tokens))
 
     @property
     def listen(self) -> str:
@@ -74,6 +118,8 @@ def parse_endpoints(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]
     cleaned = tuple(str(i).strip().removeprefix("http://") for i in items if str(i).strip())
     if not cleaned:
         raise ConfigError("at least one etcd endpoint is required")
+    if len({e.startswith("https://") for e in cleaned}) > 1:
+        raise ConfigError("etcd endpoints must be all https:// or none (one TLS setting covers every member)")
     return cleaned
 
 
@@ -83,11 +129,19 @@ def load_settings(
     listen: str | None = None,
     etcd: str | None = None,
     prefix: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_client_ca: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Build settings from file, then environment, then flags (see module docstring)."""
+    """Build settings from file, then environment, then flags (see module docstring).
+
+    ``tls_*`` (``--tls-cert`` / ``CONFIGCENTER_TLS_CERT`` ...) override ``tls.*`` of the file one
+    key at a time.  ``ConfigError`` (one line) for anything invalid or a named file not readable.
+    """
     env = os.environ if env is None else env
-    settings = _from_mapping(_read_yaml(path)) if path else Settings()
+    data = _read_yaml(path) if path else {}
+    settings = _from_mapping(data) if path else Settings()
     listen = listen or env.get("CONFIGCENTER_LISTEN")
     etcd = etcd or env.get("CONFIGCENTER_ETCD")
     prefix = prefix or env.get("CONFIGCENTER_PREFIX")
@@ -98,6 +152,9 @@ def load_settings(
         settings = replace(settings, etcd_endpoints=parse_endpoints(etcd))
     if prefix:
         settings = replace(settings, prefix=prefix)
+    flags = {"cert_file": tls_cert, "key_file": tls_key, "client_ca_file": tls_client_ca}
+    settings = replace(settings, tls=_server_tls(data.get("tls") or {}, flags, env))
+    _check_files(settings)
     return settings
 
 
@@ -116,32 +173,102 @@ def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _from_mapping(data: dict[str, Any]) -> Settings:
-    _reject_unknown("config", data, {"listen", "etcd", "auth", "limits", "watch"})
+    _reject_unknown("config", data, {"listen", "etcd", "auth", "limits", "watch", "tls"})
     kwargs: dict[str, Any] = {}
     if "listen" in data:
         kwargs["host"], kwargs["port"] = parse_listen(str(data["listen"]))
     etcd = data.get("etcd") or {}
-    _reject_unknown("etcd", etcd, {"endpoints", "prefix"})
+    _reject_unknown("etcd", etcd, {"endpoints", "prefix", "tls", "username", "password", "password_file"})
     if "endpoints" in etcd:
         kwargs["etcd_endpoints"] = parse_endpoints(etcd["endpoints"])
     if "prefix" in etcd:
         kwargs["prefix"] = str(etcd["prefix"])
+    if etcd.get("tls") is not None:
+        kwargs["etcd_tls"] = _etcd_tls(etcd["tls"])
+    kwargs["etcd_auth"] = _etcd_credentials(etcd)
+    _reject_unknown("tls", data.get("tls") or {}, {"cert_file", "key_file", "client_ca_file"})
     auth = data.get("auth") or {}
-    _reject_unknown("auth", auth, {"tokens", "read_requires_token"})
+    _reject_unknown("auth", auth, {"tokens", "read_requires_token", "trusted_proxies"})
     kwargs["tokens"] = _parse_tokens(auth.get("tokens") or [])
     kwargs["read_requires_token"] = bool(auth.get("read_requires_token", False))
+    kwargs["trusted_proxies"] = _trusted_proxies(auth.get("trusted_proxies") or [])
     kwargs["limits"] = _section(Limits, "limits", data.get("limits") or {})
     kwargs["watch"] = _section(WatchTuning, "watch", data.get("watch") or {})
     return Settings(**kwargs)
 
 
-def _parse_tokens(items: list[Any]) -> dict[str, str]:
-    tokens: dict[str, str] = {}
-    for i, item in enumerate(items):
-        if not isinstance(item, dict) or not item.get("token") or item.get("role") not in ROLES:
-            raise ConfigError(f"auth.tokens[{i}] must be {{token: <non-empty>, role: writer|reader}}")
-        tokens[str(item["token"])] = str(item["role"])
-    return tokens
+_TLS_ENV = {"cert_file": "CONFIGCENTER_TLS_CERT", "key_file": "CONFIGCENTER_TLS_KEY",
+            "client_ca_file": "CONFIGCENTER_TLS_CLIENT_CA"}
+
+
+def _server_tls(file: dict[str, Any], flags: Mapping[str, str | None], env: Mapping[str, str]) -> ServerTLS | None:
+    """``tls`` from the file's section with each key overridden by its env variable, then its flag."""
+    merged = {key: flags.get(key) or env.get(name) or file.get(key) for key, name in _TLS_ENV.items()}
+    cert, key, client_ca = (_optional_str(merged[k]) for k in ("cert_file", "key_file", "client_ca_file"))
+    if not (cert or key or client_ca):
+        return None
+    if not (cert and key):
+        raise ConfigError("tls: cert_file and key_file are both required to serve HTTPS "
+                          "(flags --tls-cert/--tls-key, env CONFIGCENTER_TLS_CERT/CONFIGCENTER_TLS_KEY)")
+    return ServerTLS(cert, key, client_ca)
+
+
+def _etcd_tls(raw: Any) -> EtcdTLS:
+    _reject_unknown("etcd.tls", raw, {"ca_file", "cert_file", "key_file", "server_name"})
+    tls = EtcdTLS(**{k: _optional_str(v) for k, v in raw.items()})
+    if bool(tls.cert_file) != bool(tls.key_file):
+        raise ConfigError("etcd.tls: cert_file and key_file go together (the client certificate and its key)")
+    return tls
+
+
+def _etcd_credentials(etcd: dict[str, Any]) -> EtcdCredentials | None:
+    username, password, password_file = (_optional_str(etcd.get(k)) for k in ("username", "password", "password_file"))
+    if not username:
+        if password or password_file:
+            raise ConfigError("etcd: password / password_file given without etcd.username")
+        return None
+    if bool(password) == bool(password_file):
+        raise ConfigError("etcd: with etcd.username give exactly one of password and password_file")
+    return EtcdCredentials(username, password, password_file)
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _check_files(settings: Settings) -> None:
+    """Every file a TLS or credential setting names must be readable now (content is checked in ``tls.py``)."""
+    named = []
+    if settings.tls:
+        named += [("tls.cert_file", settings.tls.cert_file), ("tls.key_file", settings.tls.key_file),
+                  ("tls.client_ca_file", settings.tls.client_ca_file)]
+    if settings.etcd_tls:
+        named += [(f"etcd.tls.{k}", getattr(settings.etcd_tls, k)) for k in ("ca_file", "cert_file", "key_file")]
+    if settings.etcd_auth:
+        named.append(("etcd.password_file", settings.etcd_auth.password_file))
+    for label, path in named:
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"{label} {path}: cannot read: {exc.strerror or exc}") from exc
+
+
+def _parse_tokens(items: Any) -> tuple[Principal, ...]:
+    """``auth.tokens`` as named principals (rules and the old ``{token, role}`` form: ``auth.load_principals``)."""
+    return load_principals(items)
+
+
+def _trusted_proxies(items: Any) -> tuple[Network, ...]:
+    """``auth.trusted_proxies``: addresses / CIDRs of proxies whose ``X-Forwarded-For`` is believed."""
+    if not isinstance(items, list):
+        raise ConfigError("auth.trusted_proxies must be a list of addresses or CIDRs, e.g. [10.0.0.0/8]")
+    try:
+        return parse_networks(items)
+    except ValueError as exc:
+        raise ConfigError(f"auth.trusted_proxies: {exc}") from exc
 
 
 def _section(cls: Any, name: str, raw: dict[str, Any]) -> Any:

@@ -13,6 +13,9 @@ Contract
 * Reading a past revision (``get_at``) reads the history key whose
   ``mod_revision`` equals it; history keys are never rewritten, so this works
   after etcd compacted that revision away.
+* Every write records the caller's :class:`~configcenter.model.Origin`
+  (principal, trace id, client, user agent) in both keys; the store trusts
+  it as given: establishing it is the API's job.
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ from etcd3aio import Etcd3Client, SortOrder, SortTarget, prefix_range_end
 from etcd3aio._protobuf import Compare
 
 from ..errors import ConflictError, NotFoundError, PreconditionFailedError
-from ..model import Op, Release
+from ..model import Op, Origin, Release
 from .etcd import KeyLayout, etcd_errors
 
 _CAS_ATTEMPTS = 16
+_NOBODY = Origin()  # writes made without the API (tests, tools): no principal, no trace id
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,25 +116,27 @@ class Store:
 
     async def push(
         self, ns: str, kind: str, doc: dict[str, Any], *, author: str = "", message: str = "",
-        if_match: int | None = None, op: Op = "push", from_revision: int | None = None,
+        if_match: int | None = None, op: Op = "push", from_revision: int | None = None, origin: Origin = _NOBODY,
     ) -> Release:
         """Write a new release of ``ns`` (see module contract for concurrency and If-Match)."""
         def build(version: int) -> Release:
-            return Release(ns, 0, version, op, kind, doc, author, message, time.time(), from_revision)
+            return _release(ns, version, op, kind, doc, author, message, from_revision, origin)
 
         return await self._write(ns, build, if_match=if_match, delete=False)
 
-    async def delete(self, ns: str, *, author: str = "", message: str = "", if_match: int | None = None) -> Release:
+    async def delete(self, ns: str, *, author: str = "", message: str = "", if_match: int | None = None,
+                     origin: Origin = _NOBODY) -> Release:
         """Delete ``ns`` (its history stays and records the deletion); ``NotFoundError`` if absent."""
         current = await self.get(ns)
 
         def build(version: int) -> Release:
-            return Release(ns, 0, version, "delete", current.kind, None, author, message, time.time())
+            return _release(ns, version, "delete", current.kind, None, author, message, None, origin)
 
         return await self._write(ns, build, if_match=if_match, delete=True)
 
     async def rollback(
         self, ns: str, to_revision: int, *, author: str = "", message: str = "", if_match: int | None = None,
+        origin: Origin = _NOBODY,
     ) -> Release:
         """A new release whose content equals the release at ``to_revision`` (op ``rollback``)."""
         target = await self.get_at(ns, to_revision)
@@ -142,7 +148,7 @@ class Store:
         message = message or f"rollback to revision {to_revision}"
         return await self.push(
             ns, target.kind, target.doc, author=author, message=message, if_match=if_match,
-            op="rollback", from_revision=to_revision,
+            op="rollback", from_revision=to_revision, origin=origin,
         )
 
     async def _write(self, ns: str, build: Any, *, if_match: int | None, delete: bool) -> Release:
@@ -192,6 +198,13 @@ class Store:
         with etcd_errors(f"read history of {ns}"):
             resp = await self._kv.get(start, range_end=prefix_range_end(start), keys_only=True, timeout=self._timeout)
         return sorted(resp.kvs, key=lambda kv: kv.key)
+
+
+def _release(ns: str, version: int, op: Op, kind: str, doc: dict[str, Any] | None, author: str, message: str,
+             from_revision: int | None, origin: Origin) -> Release:
+    """A release about to be written (revision 0 until the transaction assigns one), stamped with ``origin``."""
+    return Release(ns, 0, version, op, kind, doc, author, message, time.time(), from_revision,
+                   origin.principal, origin.trace_id, origin.client, origin.user_agent)
 
 
 def _compare_mod_revision(key: bytes, revision: int) -> Any:

@@ -22,6 +22,7 @@ from .errors import (
     UnknownNamespaceError,
     UnknownServiceError,
 )
+from .revision import Revision
 from .routing import RouteDecision, RouteTable, compile_table, stable_bucket
 from .snapshot import SnapshotStore
 from .sync import SyncConfigClient
@@ -36,6 +37,7 @@ __all__ = [
     "Lookup",
     "Mode",
     "NamespaceStatus",
+    "Revision",
     "RouteDecision",
     "RouteTable",
     "RouteTableError",

@@ -7,7 +7,9 @@ mutated after publication, replaced by one reference assignment) and the
 
 Revision bookkeeping: ``revisions[ns]`` is the revision of the last change of
 ``ns`` the client adopted (a deletion included). A change at or below it is a
-duplicate; a change whose ``prev_revision`` differs from it is a gap.
+duplicate; a change whose ``prev_revision`` differs from it is a gap. The one
+exception is :meth:`LocalState.replace_all` (etcd went back or is another
+cluster): there lower revisions replace higher ones.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Literal
 from .cache import CachedDoc, FallbackCache, Kind
 from .errors import RouteTableError
 from .names import namespace_matcher
+from .revision import Revision, audit_text
 from .routing import RouteTable, compile_table
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "LocalState",
     "Mode",
     "NamespaceStatus",
+    "Persist",
     "Verdict",
     "classify_change",
     "namespace_matcher",
@@ -44,6 +48,8 @@ log = logging.getLogger("configcenter_sdk.client")
 
 ChangeCallback = Callable[[str, Mapping[str, Any] | None, int], Awaitable[None] | None]
 ErrorCallback = Callable[[str, int, Exception], Awaitable[None] | None]
+# persist(entry_or_removed_ns, replace_newer): schedule a snapshot write (or removal)
+Persist = Callable[[CachedDoc | str, bool], None]
 Verdict = Literal["apply", "duplicate", "gap"]
 Mode = Literal["live", "fallback"]
 _MAX_ERRORS = 32
@@ -51,13 +57,22 @@ _MAX_ERRORS = 32
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """A release as received (``change`` event, ``reset`` entry or HTTP snapshot); ``doc`` None = deleted."""
+    """A release as received (``change`` event, ``reset`` entry or HTTP snapshot); ``doc`` None = deleted.
+
+    ``trace_id`` / ``principal``: who wrote it and in which request (None if unknown, e.g. from disk).
+    """
 
     ns: str
     revision: int
     kind: Kind
     doc: Mapping[str, Any] | None
     prev_revision: int | None = None
+    trace_id: str | None = None
+    principal: str | None = None
+
+    def stamped_revision(self) -> Revision:
+        """The revision as listeners get it: an ``int`` carrying ``trace_id`` and ``principal``."""
+        return Revision(self.revision, self.trace_id, self.principal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +105,12 @@ class NamespaceStatus:
 
 @dataclass(frozen=True, slots=True)
 class ClientStatus:
-    """Snapshot of the client's health (see :meth:`ConfigClient.status`)."""
+    """Snapshot of the client's health (see :meth:`ConfigClient.status`).
+
+    ``resets_backwards``: authoritative resets below the client's revision or
+    from another etcd cluster (etcd restored from a backup, or replaced);
+    ``cluster``: the etcd cluster id (hex) of the resume point, None if unknown.
+    """
 
     mode: Mode
     server: str | None
@@ -101,6 +121,8 @@ class ClientStatus:
     server_stale: bool
     namespaces: dict[str, NamespaceStatus]
     errors: tuple[ClientError, ...]
+    resets_backwards: int = 0
+    cluster: str | None = None
 
 
 def _int(value: object, name: str) -> int:
@@ -122,7 +144,8 @@ def parse_release(obj: object) -> Incoming:
         raise ValueError(f"release of {ns} has no document")
     prev = obj.get("prev_revision")
     return Incoming(ns, _int(obj.get("revision"), "revision"), kind, doc,
-                    None if prev is None else _int(prev, "prev_revision"))
+                    None if prev is None else _int(prev, "prev_revision"),
+                    audit_text(obj.get("trace_id")), audit_text(obj.get("principal")))
 
 
 def classify_change(known: int | None, stream_revision: int, change: Incoming) -> Verdict:
@@ -143,7 +166,7 @@ def classify_change(known: int | None, stream_revision: int, change: Incoming) -
 class LocalState:
     """Documents + revisions + route tables; see the module docstring for the threading rules."""
 
-    def __init__(self, cache: FallbackCache, persist: Callable[[CachedDoc | str], None] | None) -> None:
+    def __init__(self, cache: FallbackCache, persist: Persist | None) -> None:
         self.cache = cache
         self.revisions: dict[str, int] = {}
         self.tables: dict[str, RouteTable] = {}
@@ -162,12 +185,14 @@ class LocalState:
         self._error_listeners = (*self._error_listeners, callback)
 
     async def adopt(
-        self, release: Incoming, source: Literal["live", "disk"] = "live", stored_at: float | None = None
+        self, release: Incoming, source: Literal["live", "disk"] = "live", stored_at: float | None = None,
+        *, replace_newer: bool = False,
     ) -> bool:
         """Make ``release`` the current state of its namespace; notify listeners.
 
         Returns False (changing nothing) if the namespace is already at this
         revision or newer. A deletion removes document, table and snapshot.
+        ``replace_newer``: the snapshot is written even over a newer one on disk.
         """
         ns = release.ns
         known = self.revisions.get(ns)
@@ -176,18 +201,21 @@ class LocalState:
                 self._restamp(release, source)
             return False
         self.revisions[ns] = release.revision
+        if source == "live":
+            log.info("applied %s@%d (trace %s, by %s)", ns, release.revision, release.trace_id or "-",
+                     release.principal or "-")
         if release.doc is None:
             had_doc = self._forget(ns)
             if had_doc:
-                await self._notify(ns, None, release.revision)
+                await self._notify(ns, None, release.stamped_revision())
             return True
         stamp = self.cache.clock() if stored_at is None else stored_at
         entry = CachedDoc(ns, release.revision, release.kind, release.doc, stamp, source)
         self.cache.put(entry)
         compiled = await self._compile(release) if release.kind == "routes" else True
         if compiled and source == "live" and self._persist is not None:
-            self._persist(entry)
-        await self._notify(ns, release.doc, release.revision)
+            self._persist(entry, replace_newer)
+        await self._notify(ns, release.doc, release.stamped_revision())
         return True
 
     async def drop_absent(self, present: set[str], revision: int, match: Callable[[str], bool]) -> None:
@@ -203,11 +231,40 @@ class LocalState:
             if self._forget(ns):
                 await self._notify(ns, None, revision)
 
+    async def replace_all(self, releases: list[Incoming], revision: int, match: Callable[[str], bool]) -> None:
+        """An authoritative reset at ``revision`` (etcd went back, or is another cluster).
+
+        ``releases`` become the state of their namespaces even where the client
+        held higher revisions, and every matching namespace absent from them is
+        deleted; snapshots follow (written over newer ones). Listeners hear of
+        each namespace whose revision or document changed: deletions (doc None,
+        at ``revision``) first, then the releases in revision order.
+        """
+        present = {r.ns for r in releases}
+        for ns in sorted(set(self.revisions) | set(self.cache.namespaces())):
+            if match(ns) and ns not in present:
+                self.revisions.pop(ns, None)
+                if self._forget(ns):
+                    await self._notify(ns, None, revision)
+        for release in sorted(releases, key=lambda r: r.revision):
+            hit = self.cache.peek(release.ns)
+            if (self.revisions.get(release.ns) == release.revision and hit is not None
+                    and hit.entry.doc == release.doc):
+                self._restamp(release, "live")
+                continue
+            self.revisions.pop(release.ns, None)
+            self.cache.remove(release.ns)
+            await self.adopt(release, replace_newer=True)
+
     def touch_all(self) -> None:
-        """A live server confirmed the current revisions: restart every entry's age."""
+        """A live server confirmed the current revisions: restart every entry's age; disk entries become live."""
         now = self.cache.clock()
         for ns in self.cache.namespaces():
-            self.cache.touch(ns, now)
+            hit = self.cache.peek(ns)
+            if hit is not None and hit.entry.source == "disk":
+                self.cache.put(CachedDoc(ns, hit.entry.revision, hit.entry.kind, hit.entry.doc, now, "live"))
+            else:
+                self.cache.touch(ns, now)
 
     def _restamp(self, release: Incoming, source: Literal["live", "disk"]) -> None:
         """Same revision seen again from a live server: mark the entry live and fresh."""
@@ -222,7 +279,7 @@ class LocalState:
             del self._by_ns[ns]
             self._publish()
         if self._persist is not None:
-            self._persist(ns)
+            self._persist(ns, False)
         return had
 
     async def _compile(self, release: Incoming) -> bool:

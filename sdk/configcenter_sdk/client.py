@@ -8,10 +8,15 @@ Contract
   once. With no server reachable it starts in ``fallback`` mode on whatever the
   snapshots held; it raises :class:`BackendUnavailableError` only when
   ``require_initial=True`` and nothing at all is available.
-* The subscription (``GET /v1/watch``) resumes with ``Last-Event-ID`` = the
-  last ``reset``/``change``/``progress`` revision. On error it retries with
+* The subscription (``GET /v1/watch``) resumes with ``Last-Event-ID`` =
+  ``<cluster hex>:<revision>`` of the last ``reset``/``change``/``progress``
+  (``_stream``); with ``cache_dir`` that point is persisted behind the
+  snapshots, so a restarted client resumes from disk. On error it retries with
   exponential backoff and full jitter, ``uniform(0, min(backoff_max,
   backoff_initial * 2**failures))``, moving round robin to the next server.
+* A ``reset`` below the client's revision, from another cluster, or that
+  says etcd went back, is authoritative: it replaces the state and snapshots
+  (``status().resets_backwards``).
 * A change at or below the revision already known (for its namespace or the
   stream) is dropped, so listeners never see one revision twice. A change
   whose ``prev_revision`` is not the namespace's known revision is a gap: the
@@ -44,8 +49,8 @@ from typing import Any, Literal, NoReturn
 import aiohttp
 import orjson
 
-from ._persist import SnapshotWriter
-from ._sse import SSEEvent, SSEParser
+from ._persist import ResumeMarker, SnapshotWriter, load_snapshots
+from ._sse import SSEParser
 from ._state import (
     ChangeCallback,
     ClientStatus,
@@ -54,14 +59,15 @@ from ._state import (
     LocalState,
     Mode,
     NamespaceStatus,
-    classify_change,
     parse_release,
 )
 from ._state import namespace_matcher as _matcher
+from ._stream import StreamState
+from ._tls import client_ssl_context
 from .cache import CachedDoc, FallbackCache
 from .errors import BackendUnavailableError, UnknownServiceError
 from .routing import RouteDecision
-from .snapshot import SnapshotStore, namespace_for
+from .snapshot import SnapshotStore
 
 __all__ = ["ClientStatus", "ConfigClient", "Mode", "NamespaceStatus"]
 
@@ -94,6 +100,9 @@ class ConfigClient:
         start_timeout: float = 5.0,
         require_initial: bool = False,
         connect_timeout: float = 3.0,
+        ca_file: str | os.PathLike[str] | None = None,
+        client_cert: str | os.PathLike[str] | None = None,
+        client_key: str | os.PathLike[str] | None = None,
     ) -> None:
         if isinstance(servers, str) or not servers:
             raise ValueError("servers must be a non-empty sequence of base URLs")
@@ -106,6 +115,9 @@ class ConfigClient:
         self._backoff = (backoff_initial, backoff_max)
         self._idle_timeout = 15.0 if idle_timeout is None else idle_timeout
         self._connect_timeout = connect_timeout
+        # https: ca_file replaces the system CA store; client_cert/key for servers that require one (_tls)
+        self._ssl = client_ssl_context(*(os.fspath(f) if f is not None else None
+                                         for f in (ca_file, client_cert, client_key)))
         self._start_timeout = start_timeout
         self._require_initial = require_initial
         self._cache_ttl = cache_ttl
@@ -116,9 +128,8 @@ class ConfigClient:
         self._mode_listeners: tuple[ModeCallback, ...] = (on_mode_change,) if on_mode_change else ()
         self._server: str | None = None
         self._index = 0
-        self._revision = 0
-        self._counters = {"reconnects": 0, "gaps": 0, "duplicates": 0}
-        self._server_stale = False
+        self._stream = StreamState(self._state, self._match, self._fetch, on_applied=self._mark,
+                                   on_rewrite=self._unmark)
         self._task: asyncio.Task[NoReturn] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._settled = asyncio.Event()
@@ -141,7 +152,8 @@ class ConfigClient:
         self._settled = asyncio.Event()
         await self._load_disk()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout)
-        self._session = aiohttp.ClientSession(timeout=timeout)
+        connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True)
+        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="configcenter-subscription")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._settled.wait(), self._start_timeout)
@@ -165,6 +177,7 @@ class ConfigClient:
             await self._session.close()
             self._session = None
         if self._writer is not None:
+            self._mark()
             await self._writer.flush()
         self._server = None
 
@@ -212,11 +225,12 @@ class ConfigClient:
             entry = hit.entry
             source: Literal["live", "memory", "disk"] = "disk" if entry.source == "disk" else (
                 "live" if self._mode == "live" else "memory")
-            stale = self._mode != "live" or self._server_stale or not hit.fresh
+            stale = self._mode != "live" or self._stream.server_stale or not hit.fresh
             namespaces[ns] = NamespaceStatus(entry.revision, entry.kind, source, round(hit.age, 3), stale)
-        return ClientStatus(self._mode, self._server, self._revision, self._counters["reconnects"],
-                            self._counters["gaps"], self._counters["duplicates"], self._server_stale,
-                            namespaces, tuple(self._state.errors))
+        stream, counters = self._stream, self._stream.counters
+        return ClientStatus(self._mode, self._server, stream.revision, counters["reconnects"], counters["gaps"],
+                            counters["duplicates"], stream.server_stale, namespaces, tuple(self._state.errors),
+                            counters["resets_backwards"], stream.cluster)
 
     # ------------------------------------------------------------------ listeners
 
@@ -267,7 +281,7 @@ class ConfigClient:
                 if failures >= len(self._servers):
                     self._settled.set()
             self._index = (self._index + 1) % len(self._servers)
-            self._counters["reconnects"] += 1
+            self._stream.counters["reconnects"] += 1
             initial, cap = self._backoff
             await asyncio.sleep(self._rng.uniform(0, min(cap, initial * 2 ** min(failures, 30))))
 
@@ -276,8 +290,9 @@ class ConfigClient:
         assert self._session is not None
         headers = self._headers()
         headers["Accept"] = "text/event-stream"
-        if self._revision > 0:
-            headers["Last-Event-ID"] = str(self._revision)
+        resume = self._stream.last_event_id()
+        if resume is not None:
+            headers["Last-Event-ID"] = resume
         params = [("ns", s) for s in self._selectors]
         request = self._session.get(f"{url}/v1/watch", params=params, headers=headers)
         response = await asyncio.wait_for(request, self._connect_timeout)
@@ -298,59 +313,16 @@ class ConfigClient:
             if not chunk:
                 return live
             for event in parser.feed(chunk):
-                await self._on_event(event, url)
+                await self._stream.apply(event, url)
                 if not live:
                     live = True
                     self._server = url
-                    self._set_mode("live", f"subscribed at {url} from revision {self._revision}")
+                    self._set_mode("live", f"subscribed at {url} from revision {self._stream.revision}")
                     self._settled.set()
 
-    async def _on_event(self, event: SSEEvent, url: str) -> None:
-        """Apply one SSE event; malformed ones are logged and skipped (the revision does not advance)."""
-        if event.event == "invalid":
-            log.warning("server reports an unreadable record: %s", event.data)
-            return
-        try:
-            data = orjson.loads(event.data)
-            if event.event == "reset":
-                await self._apply_reset(data)
-            elif event.event == "change":
-                await self._apply_change(parse_release(data))
-            elif event.event == "progress":
-                self._apply_progress(data)
-        except (orjson.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
-            log.error("malformed %s event from %s skipped: %s", event.event, url, exc)
-
-    async def _apply_reset(self, data: Mapping[str, Any]) -> None:
-        revision = int(data["revision"])
-        releases = [parse_release(obj) for obj in data["namespaces"].values()]
-        for release in sorted(releases, key=lambda r: r.revision):
-            await self._state.adopt(release)
-        await self._state.drop_absent({r.ns for r in releases}, revision, self._match)
-        self._revision = max(self._revision, revision)
-        self._server_stale = False
-        self._state.touch_all()
-
     async def _apply_change(self, change: Incoming) -> None:
-        verdict = classify_change(self._state.revisions.get(change.ns), self._revision, change)
-        if verdict == "duplicate":
-            self._counters["duplicates"] += 1
-            return
-        if verdict == "gap":
-            self._counters["gaps"] += 1
-            log.warning("gap in %s: change %d follows %s, client knows %s; re-reading the namespace",
-                        change.ns, change.revision, change.prev_revision, self._state.revisions.get(change.ns))
-            fetched = await self._fetch(change.ns)
-            if fetched is not None and fetched.revision > change.revision:
-                await self._state.adopt(fetched)
-        await self._state.adopt(change)
-        self._revision = max(self._revision, change.revision)
-
-    def _apply_progress(self, data: Mapping[str, Any]) -> None:
-        self._revision = max(self._revision, int(data["revision"]))
-        self._server_stale = bool(data.get("stale", False))
-        if not self._server_stale:
-            self._state.touch_all()
+        """Apply one change as if it came from the stream (kept for tests that drive the decision path)."""
+        await self._stream.apply_change(change)
 
     async def _fetch(self, ns: str) -> Incoming | None:
         """GET the namespace's current release; None if absent or no server answered."""
@@ -388,25 +360,28 @@ class ConfigClient:
             except Exception:
                 log.exception("mode listener %r failed", callback)
 
-    def _persist(self, item: CachedDoc | str) -> None:
+    def _persist(self, item: CachedDoc | str, replace_newer: bool) -> None:
         if self._writer is None:
             return
         if isinstance(item, str):
             self._writer.remove(item)
         else:
-            self._writer.save(item)
+            self._writer.save(item, replace_newer=replace_newer)
+
+    def _mark(self) -> None:
+        """Persist the resume point behind every snapshot write scheduled so far."""
+        if self._writer is not None and (self._stream.revision > 0 or self._stream.cluster):
+            self._writer.mark(ResumeMarker(self._stream.revision, self._stream.cluster, self._selectors))
+
+    def _unmark(self) -> None:
+        if self._writer is not None:
+            self._writer.unmark()
 
     async def _load_disk(self) -> None:
-        """Adopt every usable snapshot of the subscribed namespaces (unusable files: WARNING, skipped)."""
+        """Adopt every usable snapshot of the subscribed namespaces (unusable files: WARNING, skipped)
+        and take the resume point persisted with them, if it is usable (``_persist.load_snapshots``)."""
         if self._writer is None:
             return
-        store = self._writer.store
-        names = {s for s in self._selectors if not s.endswith("/")}
-        if not names or len(names) < len(self._selectors):
-            with contextlib.suppress(OSError):
-                names |= {ns for p in store.directory.iterdir()
-                          if (ns := namespace_for(p.name)) is not None and self._match(ns)}
-        for ns, entry in sorted(store.load_all(sorted(names)).items()):
-            await self._state.adopt(Incoming(ns, entry.revision, entry.kind, entry.doc), "disk", entry.stored_at)
-        if names:
-            log.info("loaded %d of %d snapshot(s) from %s", len(self._state.revisions), len(names), store.directory)
+        marker = await load_snapshots(self._writer.store, self._selectors, self._match, self._state)
+        if marker is not None:
+            self._stream.revision, self._stream.cluster = marker.revision, marker.cluster

@@ -21,7 +21,12 @@ its namespaces from here and runs in fallback mode. Hence the rules:
   refusal path verifies the whole file (an unusable newer file is replaced).
   An equal revision is rewritten (refreshes ``saved_at``). The check and the
   write are serialised per store by a lock; separate processes must not
-  share one snapshot directory.
+  share one snapshot directory. The one exception is ``replace_newer=True``,
+  used after the cluster went back (restore) or changed: then the older
+  revision is the truth.
+* **Resume marker.** ``_resume.json`` (a name no namespace file can have:
+  namespaces start with ``[a-z0-9]``) holds where the subscription stood,
+  written atomically like a snapshot; its content is ``_persist.ResumeMarker``'s business.
 
 File name mapping (reversible, see :func:`filename_for`): namespaces are 1-4
 segments of ``[a-z0-9][a-z0-9._-]{0,62}`` joined by ``/``; ``~`` cannot occur
@@ -73,6 +78,7 @@ _MAX_NAME = 255
 _SHORT_PREFIX = 200
 _HASH_MARK = "~~"
 _HEADER_BYTES = 1024
+RESUME_FILE = "_resume.json"
 _HEADER_RE = re.compile(rb'\A\{"format":"configcenter-snapshot/1","ns":"[a-z0-9._/-]+","revision":(\d+),')
 
 
@@ -216,18 +222,18 @@ class SnapshotStore:
         """Path of the snapshot file of ``ns``; ``ValueError`` for an invalid name."""
         return self._dir / filename_for(ns)
 
-    def save(self, entry: CachedDoc) -> Path:
+    def save(self, entry: CachedDoc, *, replace_newer: bool = False) -> Path:
         """Atomically write ``entry`` as the snapshot of ``entry.ns``; return its path.
 
         Skips the write (returning the same path) if the file holds a newer,
-        valid revision. Raises ``SnapshotError`` if the document cannot be
-        encoded or the file cannot be written; the previous snapshot is then
-        left intact.
+        valid revision, unless ``replace_newer``. Raises ``SnapshotError`` if the
+        document cannot be encoded or the file cannot be written; the previous
+        snapshot is then left intact.
         """
         path = self.path_for(entry.ns)
         data = encode_snapshot(entry, self._wall_clock())
         with self._lock:
-            if self._newer_on_disk(path, entry):
+            if not replace_newer and self._newer_on_disk(path, entry):
                 log.debug("not saving %s revision %d: %s holds a newer one", entry.ns, entry.revision, path)
                 return path
             try:
@@ -290,6 +296,29 @@ class SnapshotStore:
             except OSError as exc:
                 raise SnapshotError(f"cannot remove snapshot file {path}: {exc}") from exc
         return True
+
+    def write_resume(self, data: bytes) -> None:
+        """Atomically replace the resume marker file with ``data``; ``SnapshotError`` on I/O errors."""
+        with self._lock:
+            try:
+                self._write_atomically(self._dir / RESUME_FILE, data)
+            except OSError as exc:
+                raise SnapshotError(f"cannot write {self._dir / RESUME_FILE}: {exc}") from exc
+
+    def read_resume(self) -> bytes | None:
+        """The resume marker file's bytes, None if there is none or it cannot be read."""
+        try:
+            return (self._dir / RESUME_FILE).read_bytes()
+        except OSError:
+            return None
+
+    def remove_resume(self) -> None:
+        """Delete the resume marker file (if any); ``SnapshotError`` on I/O errors."""
+        with self._lock:
+            try:
+                (self._dir / RESUME_FILE).unlink(missing_ok=True)
+            except OSError as exc:
+                raise SnapshotError(f"cannot remove {self._dir / RESUME_FILE}: {exc}") from exc
 
     def _newer_on_disk(self, path: Path, entry: CachedDoc) -> bool:
         """Whether ``path`` holds a valid snapshot of a revision newer than ``entry``'s."""

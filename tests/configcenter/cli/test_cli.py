@@ -90,7 +90,7 @@ async def test_round_trip(server: RunningServer, tmp_path: Path, capsys: pytest.
     assert orjson.loads(full.out)["revision"] == r2
 
     listed = await run_cli(capsys, server, "list")
-    assert listed.out.splitlines()[0].split() == ["NS", "KIND", "REVISION", "VERSION", "AUTHOR", "MESSAGE"]
+    assert listed.out.splitlines()[0].split() == ["NS", "KIND", "REVISION", "VERSION", "PRINCIPAL", "MESSAGE"]
     assert listed.out.splitlines()[1].split()[:4] == [NS, "config", str(r2), "2"]
 
     diff = await run_cli(capsys, server, "diff", NS, str(r1), str(r2))
@@ -103,7 +103,7 @@ async def test_round_trip(server: RunningServer, tmp_path: Path, capsys: pytest.
     rolled = await run_cli(capsys, server, "rollback", NS, "--to-revision", str(r1), "-m", "back")
     r3 = int(re.fullmatch(rf"rolled back {NS} to revision {r1} as revision (\d+)\n", rolled.out).group(1))  # type: ignore[union-attr]
     history = (await run_cli(capsys, server, "history", NS)).out.splitlines()
-    assert history[0].split() == ["REVISION", "VERSION", "OP", "AUTHOR", "TIME", "MESSAGE"]
+    assert history[0].split() == ["REVISION", "VERSION", "OP", "PRINCIPAL", "TRACE", "TIME", "MESSAGE"]
     assert history[1].split()[:5] == [str(r3), "3", "rollback", "from", str(r1)]
     assert [line.split()[0] for line in history[1:]] == [str(r3), str(r2), str(r1)]
     assert "a: 1" in (await run_cli(capsys, server, "get", NS)).out
