@@ -249,10 +249,24 @@ class WatchState:
     remaining: int | None
     seen: int = 0
     last_raw_id: str | None = None  # the full id last received: sent back as Last-Event-ID
+    # namespace -> revision printed since the last reset: a transaction's frames share a revision
+    # and only its last one has an id, so a resume replays the frames before it
+    printed: dict[str, int] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
         return self.remaining is not None and self.seen >= self.remaining
+
+
+def _replayed(change: dict[str, Any], state: WatchState) -> bool:
+    """Whether a ``change`` was already printed (below the resume point, or its namespace at that revision)."""
+    ns, revision = change.get("ns"), change.get("revision")
+    if not isinstance(ns, str) or not isinstance(revision, int):
+        return False
+    if (state.last_id is not None and revision < state.last_id) or state.printed.get(ns, -1) >= revision:
+        return True
+    state.printed[ns] = revision
+    return False
 
 
 async def watch(client: Client, options: WatchOptions) -> int:
@@ -293,7 +307,9 @@ async def _watch_loop(client: Client, options: WatchOptions, state: WatchState) 
 
 def _handle_event(event: SseEvent, options: WatchOptions, state: WatchState) -> None:
     data = event.data if isinstance(event.data, dict) else {}
-    if event.event == "change" and event.id is not None and state.last_id is not None and event.id <= state.last_id:
+    if event.event == "reset":
+        state.printed.clear()
+    elif event.event == "change" and _replayed(data, state):
         return  # duplicate after a reconnect
     if event.id is not None:
         state.last_id, state.last_raw_id = event.id, event.raw_id

@@ -9,15 +9,22 @@ A revision number of one cluster means nothing in another (a rebuilt cluster,
 a region fed by ``etcdctl make-mirror``), so a resume id from another cluster
 must get a ``reset``, never a replay.  Plain ``<revision>`` ids (curl, old
 SDKs, ``?since=R``) are still accepted and trusted to be of the current cluster.
+
+One etcd transaction can change several namespaces at one revision.  Only the
+*last* frame of a transaction carries ``id:`` (``sse_frames``): an SSE client
+keeps the previous id for frames without one, so a connection lost in the
+middle of a transaction resumes *before* it and gets the whole transaction
+again (clients drop the namespaces they already have, by revision), instead
+of resuming at its revision and never seeing the rest.
 """
 
 from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -85,13 +92,36 @@ class Change:
     def to_json(self) -> dict[str, Any]:
         return {**self.release.to_json(), "prev_revision": self.prev_revision}
 
-    def sse(self) -> bytes:
-        """``id/event/data`` frame, encoded once and cached."""
+    def sse(self, with_id: bool = True) -> bytes:
+        """``[id/]event/data`` frame, encoded once and cached (both variants)."""
         if not self._sse:
-            data = orjson.dumps(self.to_json())
-            frame = b"id: %s\nevent: change\ndata: %s\n\n" % (event_id(self.cluster_id, self.revision), data)
-            self._sse.append(frame)
-        return self._sse[0]
+            body = b"event: change\ndata: %s\n\n" % orjson.dumps(self.to_json())
+            self._sse.extend((b"id: %s\n%s" % (event_id(self.cluster_id, self.revision), body), body))
+        return self._sse[0 if with_id else 1]
+
+
+class Frame(Protocol):
+    def sse(self) -> bytes: ...
+
+
+def sse_frames(items: Sequence[Change | Frame]) -> bytes:
+    """Encode ``items`` (in revision order) so only the last change of each revision has an ``id``.
+
+    The batch must hold whole transactions (the mirror publishes each etcd
+    watch response at once, the ring keeps whole transactions), so the last
+    change of a revision in the batch is the last of its transaction that
+    this subscriber is sent.
+    """
+    frames: list[bytes] = []
+    next_revision = -1
+    for item in reversed(items):
+        if isinstance(item, Change):
+            frames.append(item.sse(with_id=item.revision != next_revision))
+            next_revision = item.revision
+        else:
+            frames.append(item.sse())
+    frames.reverse()
+    return b"".join(frames)
 
 
 class ChangeRing:

@@ -26,6 +26,11 @@ Per-subscriber contract
   state.  These two and ``resume_ahead_of_cluster`` carry a revision that may
   be *below* the client's: it is authoritative.
 * Ids never decrease on a stream, except at such a backwards reset.
+* Delivery: a change goes straight from the mirror's callback to every
+  subscriber whose connection keeps up (``SseChannel.try_write``, no task
+  switch; frames encoded once per distinct selection); a subscriber with a
+  backlog, a pending reset or a full socket buffer gets it queued and its
+  own task writes it with backpressure.  Either way frames leave in order.
 * ``progress`` (id = the mirror's applied revision) is sent when the stream has
   been idle for ``progress_interval``; it is only sent with an empty queue, so
   a client may resume from it.
@@ -42,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -52,7 +57,8 @@ from aiohttp import web
 from configcenter_sdk.names import namespace_matcher
 
 from ..errors import EtcdUnavailableError
-from .changes import Change, ResumePoint, event_id
+from ._sse_channel import SseChannel
+from .changes import Change, ResumePoint, event_id, sse_frames
 from .metrics import Metrics
 from .mirror import CLUSTER_CHANGED, REVISION_WENT_BACK, Mirror
 
@@ -80,20 +86,29 @@ class InvalidNotice:
         return b"event: invalid\ndata: %s\n\n" % data
 
 
+Item = Change | InvalidNotice
+
+
 @dataclass(eq=False)
 class Subscription:
     match: Matcher
     limit: int
-    queue: deque[Change | InvalidNotice] = field(default_factory=deque)
+    channel: SseChannel | None = None
+    queue: deque[Item] = field(default_factory=deque)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     needs_reset: str | None = None  # the reason of a pending reset
     floor: int = 0  # nothing at or below this revision is sent any more
 
-    def offer(self, items: Sequence[Change | InvalidNotice]) -> bool:
-        """Queue the matching items; on overflow drop the backlog and ask for a reset (returns False)."""
-        matching = [i for i in items if self.match(i.ns)]
-        if not matching:
-            return True
+    def selection(self, items: Sequence[Item]) -> list[Item]:
+        """The items this subscriber is to get (its namespaces, above its floor)."""
+        return [i for i in items if self.match(i.ns) and (isinstance(i, InvalidNotice) or i.revision > self.floor)]
+
+    def can_write_now(self) -> bool:
+        """Nothing is waiting to go before new items, so they may be written directly."""
+        return not self.queue and self.needs_reset is None and self.channel is not None
+
+    def offer(self, matching: list[Item]) -> bool:
+        """Queue ``matching``; on overflow drop the backlog and ask for a reset (returns False)."""
         if len(self.queue) + len(matching) > self.limit:
             self.reset(QUEUE_OVERFLOW)
             return False
@@ -126,10 +141,28 @@ class Hub:
         for sub in self.subscriptions:
             sub.reset(reason)
 
-    def _fan_out(self, items: Sequence[Change | InvalidNotice]) -> None:
+    def _fan_out(self, items: Sequence[Item]) -> None:
+        """Deliver ``items`` (whole transactions) to every subscriber: directly or via its queue."""
+        encoded: dict[tuple[int, ...], bytes] = {}
+        delivered: Counter[int] = Counter()  # id(item) -> subscribers it was written to
         for sub in self.subscriptions:
-            if not sub.offer(items):
+            selected = sub.selection(items)
+            if not selected:
+                continue
+            if sub.channel is not None and sub.can_write_now():
+                key = tuple(map(id, selected))
+                data = encoded.get(key)
+                if data is None:
+                    data = encoded[key] = sse_frames(selected)
+                if sub.channel.try_write(data):
+                    sub.floor = max(sub.floor, _top_revision(selected))
+                    for k in key:
+                        delivered[k] += 1
+                    continue
+            if not sub.offer(selected):
                 self._metrics.inc("configcenter_subscriber_overflows_total")
+        if delivered:
+            self._count_sent([(i, delivered[id(i)]) for i in items])
 
     async def stream(self, request: web.Request, selectors: list[str],
                      since: ResumePoint | None) -> web.StreamResponse:
@@ -138,17 +171,17 @@ class Hub:
         resp = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
         })
-        await resp.prepare(request)
+        channel = await SseChannel.open(request, resp)
         etcd_revision = None
         if since is not None and since.cluster_id in (None, self._mirror.cluster_id):
             etcd_revision = await self._mirror.etcd_revision_for(since.revision, PROBE_TIMEOUT)
-        sub = Subscription(namespace_matcher(selectors), self._queue_size)
+        sub = Subscription(namespace_matcher(selectors), self._queue_size, channel)
         self.subscriptions.add(sub)  # from here to the catch-up frame nothing awaits: no gap, no duplicate
         self._metrics.set("configcenter_subscribers", len(self.subscriptions))
         try:
-            await resp.write(self._catch_up(sub, since, etcd_revision))
+            await channel.write(self._catch_up(sub, since, etcd_revision))
             while True:
-                await self._send_next(sub, resp)
+                await self._send_next(sub, channel)
         except (ConnectionResetError, ConnectionError):
             pass
         finally:
@@ -172,10 +205,10 @@ class Hub:
             replay = self._mirror.ring.since(since.revision)
             if replay is not None:
                 sub.floor = since.revision
-                frames = [c.sse() for c in replay if sub.match(c.ns)]
+                frames = sse_frames([c for c in replay if sub.match(c.ns)])
                 if replay:
                     sub.floor = replay[-1].revision
-                return b"".join(frames) or self._progress_frame(sub)
+                return frames or self._progress_frame(sub)
             reason = RING_EXPIRED
         return self._reset_frame(sub, reason or NO_RESUME_POINT)
 
@@ -188,10 +221,11 @@ class Hub:
             return RESUME_AHEAD
         return None
 
-    async def _send_next(self, sub: Subscription, resp: web.StreamResponse) -> None:
+    async def _send_next(self, sub: Subscription, channel: SseChannel) -> None:
         """Wait for work (at most ``progress_interval``), then send a reset, the queued changes or a progress."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(sub.wakeup.wait(), self._progress_interval)
+            async with asyncio.timeout(self._progress_interval):
+                await sub.wakeup.wait()
         sub.wakeup.clear()
         if sub.needs_reset is None and not sub.queue and sub.floor > self._mirror.applied_revision:
             etcd_revision = await self._mirror.etcd_revision_for(sub.floor, PROBE_TIMEOUT)
@@ -200,27 +234,31 @@ class Hub:
         if sub.needs_reset is not None:
             reason, sub.needs_reset = sub.needs_reset, None
             sub.queue.clear()
-            await resp.write(self._reset_frame(sub, reason))
+            await channel.write(self._reset_frame(sub, reason))
             return
         if not sub.queue:
-            await resp.write(self._progress_frame(sub))
+            await channel.write(self._progress_frame(sub))
             return
         items = [i for i in sub.queue if isinstance(i, InvalidNotice) or i.revision > sub.floor]
         sub.queue.clear()
         if not items:
             return
-        await resp.write(b"".join(i.sse() for i in items))
+        await channel.write(sse_frames(items))
         self._after_send(sub, items)
 
-    def _after_send(self, sub: Subscription, items: list[Change | InvalidNotice]) -> None:
+    def _after_send(self, sub: Subscription, items: list[Item]) -> None:
+        sub.floor = max(sub.floor, _top_revision(items))
+        self._count_sent([(i, 1) for i in items])
+
+    def _count_sent(self, counts: list[tuple[Item, int]]) -> None:
+        """Metrics for changes written to ``n`` subscribers each: sent total, commit -> sent delay."""
         now = time.time()
         sent = 0
-        for item in items:
-            if isinstance(item, Change):
-                sent += 1
-                sub.floor = max(sub.floor, item.revision)
+        for item, n in counts:
+            if isinstance(item, Change) and n:
+                sent += n
                 if item.release.time > 0:
-                    self._metrics.observe_propagation(max(0.0, now - item.release.time))
+                    self._metrics.observe_propagation(max(0.0, now - item.release.time), n)
         self._metrics.inc("configcenter_changes_sent_total", sent)
 
     def _reset_frame(self, sub: Subscription, reason: str) -> bytes:
@@ -240,3 +278,8 @@ class Hub:
         stale = round(self._mirror.stale_seconds(), 3)
         data = orjson.dumps({"revision": revision, "stale": stale > 0, "stale_seconds": stale})
         return b"id: %s\nevent: progress\ndata: %s\n\n" % (event_id(self._mirror.cluster_id, revision), data)
+
+
+def _top_revision(items: Sequence[Item]) -> int:
+    """The highest change revision among ``items`` (0 if only notices)."""
+    return max((i.revision for i in items if isinstance(i, Change)), default=0)

@@ -2,7 +2,8 @@
 
 Resume point
 ------------
-``revision`` is the last ``reset``/``change``/``progress`` revision and
+``revision`` is the revision of the last ``reset``/``progress`` or of the last
+``change`` that carried an ``id`` (the last frame of its transaction), and
 ``cluster`` the etcd cluster id (hex) the server named in the event ids
 (``id: <cluster hex>:<revision>``). A reconnect sends both back as
 ``Last-Event-ID`` (:meth:`StreamState.last_event_id`), so a server of another
@@ -95,7 +96,7 @@ class StreamState:
             if event.event == "reset":
                 await self._apply_reset(data, cluster, url)
             elif event.event == "change":
-                await self.apply_change(parse_release(data))
+                await self.apply_change(parse_release(data), complete=event.id is not None)
             elif event.event == "progress":
                 self._apply_progress(data)
             else:
@@ -128,8 +129,13 @@ class StreamState:
         self.server_stale = False
         self._state.touch_all()
 
-    async def apply_change(self, change: Incoming) -> None:
-        """Apply one ``change``: drop duplicates, close gaps by re-reading the namespace, adopt."""
+    async def apply_change(self, change: Incoming, *, complete: bool = True) -> None:
+        """Apply one ``change``: drop duplicates, close gaps by re-reading the namespace, adopt.
+
+        ``complete``: the frame carried an ``id``, i.e. it ends its etcd transaction (the server
+        puts the id on a transaction's last frame only); only then does the resume point move to
+        its revision, so a connection lost mid-transaction resumes before it and gets the rest.
+        """
         verdict = classify_change(self._state.revisions.get(change.ns), self.revision, change)
         if verdict == "duplicate":
             self.counters["duplicates"] += 1
@@ -142,7 +148,8 @@ class StreamState:
             if fetched is not None and fetched.revision > change.revision:
                 await self._state.adopt(fetched)
         await self._state.adopt(change)
-        self.revision = max(self.revision, change.revision)
+        if complete:
+            self.revision = max(self.revision, change.revision)
 
     def _apply_progress(self, data: Mapping[str, Any]) -> None:
         self.revision = max(self.revision, int(data["revision"]))

@@ -157,6 +157,10 @@ class StreamCheck:
         self.expect_reset = False
         self.url: str | None = None
         self.stats: Counter[str] = Counter()
+        # Only a transaction's last frame has an id: ``open_txn`` is the revision of id-less frames
+        # still waiting for it; a connection lost meanwhile resumes before it and may repeat them.
+        self.open_txn: int | None = None
+        self.replayable: int | None = None
 
     def violation(self, kind: str, **details: Any) -> None:
         self.violations.append({"consumer": self.consumer, "kind": kind, "url": self.url, **details})
@@ -174,6 +178,7 @@ class StreamCheck:
                     self._resume_from_elsewhere(resumed)
             self.url = rec.get("url") or self.url
             self.stats["connections"] += 1
+            self.replayable, self.open_txn = self.open_txn, None
             return
         if k not in FRAME_KINDS:
             return
@@ -183,7 +188,11 @@ class StreamCheck:
             self.violation("first_frame_not_reset", frame=rec)
         if k == "change":
             self._change(rec)
-        elif k == "reset":
+            return
+        if self.open_txn is not None:
+            self.violation("transaction_without_id", rev=self.open_txn, next_frame=k)
+            self.open_txn = None
+        if k == "reset":
             self._reset(rec)
         elif k == "progress":
             self._progress(rec)
@@ -210,12 +219,14 @@ class StreamCheck:
         if not isinstance(ns, str) or not isinstance(rev, int):
             self.violation("malformed_change", frame=rec)
             return
-        if pos != rev:
-            self.violation("id_revision_mismatch", ns=ns, rev=rev, id=rec.get("id"))
+        self._check_id(rev, rec)
         if not self.match(ns):
             self.violation("unsubscribed_namespace", ns=ns, rev=rev)
         if (ns, rev) in self.delivered:
-            self.violation("duplicate", ns=ns, rev=rev, pos=self.pos)
+            if rev == self.replayable:  # repeated after a connection lost mid-transaction: allowed
+                self.stats["repeated_after_broken_transaction"] += 1
+            else:
+                self.violation("duplicate", ns=ns, rev=rev, pos=self.pos)
             return
         if rev < self.pos:
             self.violation("reordered", ns=ns, rev=rev, pos=self.pos)
@@ -234,6 +245,18 @@ class StreamCheck:
         else:
             self.view[ns] = (rev, m)
         self.pos = max(self.pos, rev)
+
+    def _check_id(self, rev: int, rec: dict[str, Any]) -> None:
+        """Frames of one revision: all but the last without id, the last with the revision as id."""
+        pos = rec.get("pos")
+        if self.open_txn is not None and rev != self.open_txn:
+            self.violation("transaction_without_id", rev=self.open_txn, next_rev=rev)
+        if pos is None and rec.get("id") is None:
+            self.open_txn = rev
+            return
+        if pos != rev:
+            self.violation("id_revision_mismatch", rev=rev, id=rec.get("id"))
+        self.open_txn = None
 
     def _check_content(self, ns: str, rev: int, op: Any, m: Any) -> None:
         entry = self.truth.by_key.get((ns, rev))

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from chaos.checker import CallbackCheck, Entry, StreamCheck, Truth, scan_log, selector_matcher, split_incarnations
-from chaos.runner import FAULT_KINDS, known_bug, run_chaos, summary
+from chaos.runner import FAULT_KINDS, bug_signature, known_bug, run_chaos, summary
 from chaos.sse_records import SSEParser, frame_record, revision_of_id
 
 APP = selector_matcher(["app/"])
@@ -90,6 +90,21 @@ def test_the_second_namespace_of_a_transaction_is_checked_too() -> None:
     violations = check(records)
     assert [v["kind"] for v in violations] == ["lost", "final_state_differs"]
     assert violations[0]["ns"] == "app/b" and violations[0]["rev"] == 12
+
+
+def no_id(frame: dict[str, Any]) -> dict[str, Any]:
+    return {**frame, "id": None, "pos": None}
+
+
+def test_only_the_last_frame_of_a_transaction_has_an_id_and_a_broken_one_may_repeat() -> None:
+    txn = [no_id(GOOD[4]), GOOD[5]]
+    assert check([*GOOD[:4], *txn, *GOOD[6:]]) == []
+    unclosed = [*GOOD[:4], no_id(GOOD[4]), no_id(GOOD[5]), *GOOD[6:]]
+    assert kinds(check(unclosed)) == ["transaction_without_id"]
+    # the connection breaks after the first frame: the resume (from 11) repeats it, which is allowed
+    resumed = [*GOOD[:4], txn[0], {"k": "conn", "url": "u", "since": "c0ffee:11"}, *txn, *GOOD[6:]]
+    assert check(resumed) == []
+    assert kinds(check([*GOOD[:4], *txn, *txn, *GOOD[6:]])) == ["duplicate", "duplicate"]
 
 
 def test_duplicates_reordering_and_wrong_content_are_found() -> None:
@@ -169,7 +184,8 @@ def test_sdk_callbacks_once_per_adopted_revision() -> None:
     missing_second_of_txn = [r for r in SDK_GOOD if r != cb("app/b", 12, "b2")]
     violations = callbacks(missing_second_of_txn, final={"app/b": [11, "b1"]})
     assert kinds(violations) == ["callback_missing", "callbacks_final_state_differs", "sdk_final_state_differs"]
-    assert all(known_bug(v) == "sdk-same-revision" for v in violations)
+    assert all(bug_signature(v) == "sdk-same-revision" for v in violations)
+    assert all(known_bug(v) is None for v in violations)  # fixed: its symptoms fail a run again
 
 
 def test_sdk_must_not_load_a_corrupted_snapshot() -> None:
@@ -185,7 +201,8 @@ def test_unhandled_exceptions_in_logs_are_found() -> None:
                      "RuntimeError: aclose(): asynchronous generator is already running", "INFO ok"])
     violations: list[dict[str, Any]] = []
     assert scan_log("replica", log, violations) == 1
-    assert known_bug(violations[0]) == "watch-request-iterator"
+    assert bug_signature(violations[0]) == "watch-request-iterator"
+    assert known_bug(violations[0]) is None  # fixed: its symptoms fail a run again
     assert scan_log("replica", "Traceback (most recent call last):\n  File x\nValueError", violations) == 1
     assert known_bug(violations[1]) is None
 

@@ -114,7 +114,8 @@ def test_classify_change_decisions() -> None:
     assert classify_change(None, 0, change) == "apply"
     assert classify_change(7, 8, change) == "apply"
     assert classify_change(10, 0, change) == "duplicate"
-    assert classify_change(5, 10, change) == "duplicate"
+    assert classify_change(5, 11, change) == "duplicate"
+    assert classify_change(7, 10, change) == "apply"  # another namespace of the transaction at the stream revision
     assert classify_change(5, 9, change) == "gap"
 
 

@@ -47,10 +47,14 @@ async def resume_point(http: aiohttp.ClientSession, server: RunningServer, *sele
 
 
 def assert_exactly_once_in_order(events: list[SSEEvent]) -> None:
-    revisions = [e.id for e in events]
+    """Revision order, no duplicate, and an ``id`` exactly on the last frame of each revision."""
+    revisions = [e.data["revision"] for e in events]
     assert revisions == sorted(revisions), revisions
-    keys = [(e.data["ns"], e.id) for e in events]
+    keys = [(e.data["ns"], e.data["revision"]) for e in events]
     assert len(keys) == len(set(keys)), "duplicate change delivered"
+    last_of_revision = [i + 1 == len(revisions) or revisions[i + 1] != r for i, r in enumerate(revisions)]
+    assert [e.id == e.data["revision"] if last else e.id is None
+            for e, last in zip(events, last_of_revision, strict=True)] == [True] * len(events)
 
 
 async def test_first_event_is_a_reset_snapshot(server: RunningServer, http: aiohttp.ClientSession) -> None:
@@ -79,8 +83,9 @@ async def test_every_change_once_in_order_including_txn_and_etcdctl(
         events = await stream.changes(9)
     assert_exactly_once_in_order(events)
     assert [e.id for e in events[:6]] == [p["revision"] for p in pushed]
-    assert {(e.data["ns"], e.id) for e in events[6:8]} == {("svc/t1", txn.header.revision),
-                                                            ("svc/t2", txn.header.revision)}
+    assert {(e.data["ns"], e.data["revision"]) for e in events[6:8]} == {("svc/t1", txn.header.revision),
+                                                                          ("svc/t2", txn.header.revision)}
+    assert [e.id for e in events[6:8]] == [None, txn.header.revision]  # one id per transaction, on its last frame
     assert events[8].data["ns"] == "single/one"
     assert events[3].data["prev_revision"] == pushed[0]["revision"]  # n0's previous change
 

@@ -1,0 +1,81 @@
+"""Writing an SSE body straight to the connection, so the hub can fan out without a task switch.
+
+aiohttp's ``StreamResponse.write`` is a coroutine: sending one change to N subscribers
+through it means waking N tasks (a wakeup, a ``wait_for`` and a write each).  Once the
+response's headers are out, the body of an event stream is just bytes on the socket, so
+``SseChannel`` writes them itself, synchronously, as HTTP/1.1 chunks (RFC 9112 §7.1, the
+framing aiohttp announced with ``Transfer-Encoding: chunked``; HTTP/1.0 gets raw bytes
+and the end of the connection ends the body).  aiohttp still ends the body (``0\\r\\n\\r\\n``)
+when the handler returns.
+
+Contract: after ``open()`` every byte of the body goes through the channel, never through
+``StreamResponse.write``, so the order of frames is the order of ``try_write``/``write``
+calls.  ``try_write`` refuses (returns False, writes nothing) when the peer is not keeping
+up (more than ``high_water`` bytes buffered) or is gone: the caller then queues and lets
+the subscriber's task deliver, with backpressure, via ``write``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from aiohttp.http import HttpVersion11
+
+HIGH_WATER = 256 * 1024  # bytes buffered for one peer before the fast path stops
+DRAIN_POLL = 0.02  # seconds between checks while a slow peer drains
+
+
+class SseChannel:
+    """The body of one event-stream response (see the module docstring)."""
+
+    def __init__(self, transport: asyncio.Transport, *, chunked: bool, high_water: int = HIGH_WATER) -> None:
+        self._transport = transport
+        self._chunked = chunked
+        self._high_water = high_water
+
+    @classmethod
+    async def open(cls, request: web.Request, resp: web.StreamResponse) -> SseChannel:
+        """Send the headers of ``resp`` and take over its body; ConnectionResetError if the peer left."""
+        chunked = request.version >= HttpVersion11
+        if chunked:
+            resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the subscriber went away")
+        assert isinstance(transport, asyncio.Transport)
+        return cls(transport, chunked=chunked)
+
+    @property
+    def closed(self) -> bool:
+        return self._transport.is_closing()
+
+    def try_write(self, data: bytes) -> bool:
+        """Write now if the peer keeps up; False (nothing written) if it lags or is gone."""
+        transport = self._transport
+        if transport.is_closing() or transport.get_write_buffer_size() > self._high_water:
+            return False
+        self._put(data)
+        return True
+
+    async def write(self, data: bytes) -> None:
+        """Write (always, in order), then wait until the peer's backlog is below the high-water mark.
+
+        Raises ConnectionResetError when the peer is gone.
+        """
+        if self._transport.is_closing():
+            raise ConnectionResetError("the subscriber went away")
+        self._put(data)
+        while self._transport.get_write_buffer_size() > self._high_water:
+            await asyncio.sleep(DRAIN_POLL)
+            if self._transport.is_closing():
+                raise ConnectionResetError("the subscriber went away")
+
+    def _put(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._chunked:
+            self._transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self._transport.write(data)
