@@ -37,7 +37,7 @@ import hashlib
 import random
 import re
 from bisect import bisect_right
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,7 @@ from configcenter_sdk._matchers import HeaderMatcher, compile_header
 from configcenter_sdk._matchers import fail as _fail
 from configcenter_sdk._matchers import mapping as _mapping
 from configcenter_sdk._matchers import string as _string
+from configcenter_sdk._rule_index import RuleIndex
 
 __all__ = [
     "DEFAULT_HASH_SEED",
@@ -181,18 +182,35 @@ class RouteTable:
     default: Route
     hash_seed: str = DEFAULT_HASH_SEED
     _plan: tuple[_Step, ...] = field(init=False, repr=False, compare=False)
+    _index: RuleIndex = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         plan = (*(_step(r.headers, r.percent, r.route) for r in self.rules), _step((), None, self.default))
         object.__setattr__(self, "_plan", plan)  # frozen: set once, here
+        object.__setattr__(self, "_index", RuleIndex.build(self.rules))
 
     def route(self, headers: Mapping[str, str]) -> RouteDecision:
-        """Pick the route for a request with these headers (names case-insensitive)."""
-        h = {k.lower(): v for k, v in headers.items()} if headers else {}
+        """Pick the route for a request with these headers (names case-insensitive).
+
+        Only the rules the index cannot rule out are evaluated, in table order, so the answer
+        is the first matching rule's, exactly as if every rule were tried.
+        """
+        h: dict[str, str] = {}
+        candidates = self._index.unconditional
+        keyed = self._index.keyed
+        if headers:
+            for raw_name, value in headers.items():
+                name = raw_name.lower()
+                h[name] = value
+                entry = keyed.get(name)
+                if entry is not None:
+                    candidates |= entry[0] | entry[1].get(value, 0)
+        plan = self._plan
+        steps = plan if candidates == self._index.everything else _selected(plan, candidates)
         get = h.get
-        for conds, percent, target in self._plan:
-            for name, test, on_absent, want in conds:
-                v = get(name)
+        for conds, percent, target in steps:
+            for cond_name, test, on_absent, want in conds:
+                v = get(cond_name)
                 # the (possibly inverted) result must equal ``want``
                 if (not (on_absent if v is None else test(v))) is want:
                     break
@@ -202,7 +220,15 @@ class RouteTable:
                     if v is None or _bucket(percent[2], v) >= percent[1]:
                         continue
                 return target if isinstance(target, RouteDecision) else target(h)
-        raise AssertionError("unreachable: the plan ends with the default route")
+        raise AssertionError("unreachable: the default route is always a candidate")
+
+
+def _selected(plan: tuple[_Step, ...], candidates: int) -> Iterator[_Step]:
+    """The steps whose bits are set, in table order."""
+    while candidates:
+        lowest = candidates & -candidates
+        candidates ^= lowest
+        yield plan[lowest.bit_length() - 1]
 
 
 def _step(conds: tuple[HeaderMatcher, ...], percent: PercentMatcher | None, route: Route) -> _Step:

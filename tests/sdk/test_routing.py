@@ -648,3 +648,22 @@ def test_openapi_parses_and_refs_resolve() -> None:
     ns = jsonschema.Draft202012Validator(spec["components"]["schemas"]["Namespace"])
     assert ns.is_valid("payment/routes") and ns.is_valid("a/b/c/d") and ns.is_valid("a/history/x")
     assert not any(map(ns.is_valid, ["a/history", "route", "a/b/c/d/e", "Pay/x", "a//b"]))
+
+
+def test_rule_index_keeps_first_match_order_across_indexed_and_unindexed_rules() -> None:
+    """Rules filed under exact values, under presence and unconditionally still win in table order."""
+    doc = {"service": "s", "default": {"cluster": "default"}, "rules": [
+        {"id": "exact-a1", "match": {"headers": [{"name": "x-a", "exact": "1"}]}, "route": {"cluster": "c0"}},
+        {"id": "not-a2", "match": {"headers": [{"name": "x-a", "exact": "2", "invert": True}]},
+         "route": {"cluster": "c1"}},
+        {"id": "b-prefix", "match": {"headers": [{"name": "x-b", "prefix": "v"}]}, "route": {"cluster": "c2"}},
+        {"id": "exact-a2", "match": {"headers": [{"name": "X-A", "exact": "2"}]}, "route": {"cluster": "c3"}},
+        {"id": "pct", "match": {"percent": {"header": "x-u", "value": 100}}, "route": {"cluster": "c4"}},
+    ]}
+    table = compile_table(doc, 1)
+    cases = [({"X-A": "1"}, "exact-a1"), ({"x-a": "3"}, "not-a2"), ({}, "not-a2"),
+             ({"x-a": "2", "X-B": "v1"}, "b-prefix"), ({"x-a": "2", "x-b": "w"}, "exact-a2"),
+             ({"x-a": "2", "x-u": "anyone"}, "exact-a2"), ({"x-a": "2", "x-U": "u"}, "exact-a2")]
+    assert [table.route(h).rule_id for h, _ in cases] == [want for _, want in cases]
+    only_percent = compile_table({**doc, "rules": doc["rules"][4:]}, 1)
+    assert only_percent.route({"X-U": "u"}).rule_id == "pct" and only_percent.route({}).rule_id == "default"
