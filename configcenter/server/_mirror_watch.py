@@ -12,6 +12,14 @@ revision P is accepted only if a keys-only read at P shows exactly the keys
 the mirror holds, none modified after the applied revision: then no change
 of ``docs/`` lies in (applied, P].
 
+The requests go to grpc as a ``_Requests`` object, not an async generator:
+grpc consumes a request iterator in a task of its own that nobody awaits.
+When etcd breaks the stream that task stays suspended in the iterator;
+an async generator left there is garbage-collected with the task ("Task was
+destroyed but it is pending", then "aclose(): asynchronous generator is
+already running").  ``_Requests.close()`` ends the iteration instead, so
+grpc's task finishes whichever way the stream ended.
+
 ``RevisionProbe`` answers "what is etcd's revision *now*" for the hub when a
 subscriber resumes above anything the mirror has heard of (see ``Mirror.etcd_revision_for``).
 """
@@ -29,6 +37,36 @@ from etcd3aio import Etcd3Client, prefix_range_end
 from . import etcd as _etcd
 
 
+class _Requests:
+    """The Watch call's request stream until ``close()`` (an iterator object: see the module docstring)."""
+
+    _END = object()
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._closed = False
+
+    def put(self, request: Any) -> None:
+        if not self._closed:
+            self._queue.put_nowait(request)
+
+    def close(self) -> None:
+        """End the iteration: grpc's task consuming it finishes (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put_nowait(self._END)
+
+    def __aiter__(self) -> _Requests:
+        return self
+
+    async def __anext__(self) -> Any:
+        request = await self._queue.get()
+        if request is self._END:
+            self._queue.put_nowait(self._END)  # stays ended for any later caller
+            raise StopAsyncIteration
+        return request
+
+
 class WatchSession:
     """One Watch RPC on ``prefix`` from ``start_revision``; iterate ``responses()`` once."""
 
@@ -37,7 +75,7 @@ class WatchSession:
         self._prefix = prefix
         self._start = start_revision
         self._interval = interval
-        self._requests: asyncio.Queue[Any] = asyncio.Queue()
+        self._requests = _Requests()
         self._call: Any = None
         self._dropped = False
         self._last_response = time.monotonic()
@@ -48,17 +86,13 @@ class WatchSession:
         if self._call is not None:
             self._call.cancel()
 
-    async def _request_stream(self) -> AsyncIterator[Any]:
-        while True:
-            yield await self._requests.get()
-
     async def responses(self) -> AsyncIterator[Any]:
         create = _etcd.WatchCreateRequest(
             key=self._prefix, range_end=prefix_range_end(self._prefix),
             start_revision=self._start, progress_notify=True,
         )
-        self._requests.put_nowait(_etcd.WatchRequest(create_request=create))
-        self._call = self._stub.Watch(self._request_stream())
+        self._requests.put(_etcd.WatchRequest(create_request=create))
+        self._call = self._stub.Watch(self._requests)
         ticker = asyncio.create_task(self._tick())
         try:
             async for response in self._call:
@@ -71,7 +105,8 @@ class WatchSession:
             raise
         finally:
             ticker.cancel()
-            self._call.cancel()
+            self._call.cancel()  # a no-op when the call already ended (then grpc's task still waits on us)
+            self._requests.close()
 
     async def _tick(self) -> None:
         progress = _etcd.WatchRequest(progress_request=_etcd.WatchProgressRequest())
@@ -80,7 +115,7 @@ class WatchSession:
             if time.monotonic() - self._last_response > 3 * self._interval:
                 self.cancel()
                 return
-            self._requests.put_nowait(progress)
+            self._requests.put(progress)
 
 
 class ProgressVerifier:
@@ -97,15 +132,15 @@ class ProgressVerifier:
             return False
         start = self._layout.docs_prefix
         try:
-            resp = await kv.get(
-                start, range_end=prefix_range_end(start), revision=revision, keys_only=True, timeout=self._timeout
+            _, items = await _etcd.read_range(
+                kv, start, prefix_range_end(start), revision=revision, keys_only=True, timeout=self._timeout
             )
         except Exception:
             return False
-        if any(item.mod_revision > applied for item in resp.kvs):
+        if any(item.mod_revision > applied for item in items):
             return False
         with contextlib.suppress(UnicodeDecodeError):
-            return {self._layout.ns_of_doc_key(item.key) for item in resp.kvs} == set(present)
+            return {self._layout.ns_of_doc_key(item.key) for item in items} == set(present)
         return False
 
 

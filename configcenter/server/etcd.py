@@ -7,12 +7,18 @@ The client (``EtcdClient``) is etcd3aio's on a gRPC channel built here: TLS from
 ``etcd.tls`` (or implied by https:// endpoints), and with ``etcd.username`` a
 ``TokenKeeper`` plus a channel interceptor that put etcd's auth token on every call,
 the mirror's raw Watch stream included (``_etcd_auth``).
+
+Ranges that can be large (``docs/``, ``history/``) are read with ``read_range``: pages of
+``LIST_PAGE`` keys, all at the revision of the first page, so the result is one consistent
+snapshot however many pages it takes.  A page of big records can still exceed gRPC's default
+4 MB receive limit, so the channel lifts it (``MAX_RECEIVE_BYTES``, as etcd's own Go client does).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -25,7 +31,7 @@ from etcd3aio._protobuf import rpc_pb2, rpc_pb2_grpc
 from etcd3aio.connections import ConnectionManager
 from etcd3aio.errors import EtcdPermissionDeniedError, EtcdUnauthenticatedError
 
-from ..errors import EtcdUnavailableError
+from ..errors import EtcdUnavailableError, PayloadTooLargeError
 from ._etcd_auth import EtcdAccessError, TokenKeeper, token_interceptors
 from .settings import EtcdCredentials, EtcdTLS, Settings
 from .tls import EtcdTLSMaterial, etcd_tls_material
@@ -36,6 +42,14 @@ WatchProgressRequest = rpc_pb2.WatchProgressRequest
 WatchResponse = rpc_pb2.WatchResponse
 EVENT_PUT = 0
 EVENT_DELETE = 1
+LIST_PAGE = 64  # key-values per range read of a listing (see read_range)
+KEYS_PAGE = 1024  # keys per range read of a keys-only listing
+MAX_RECEIVE_BYTES = 2**31 - 1  # gRPC's default is 4 MB: six 700 KB documents in one page would not fit
+_LIST_ATTEMPTS = 5  # fresh lists restarted because etcd compacted the revision they were pinned to
+
+
+class RevisionCompacted(EtcdError):
+    """A read pinned to a revision found it compacted away (etcd's OUT_OF_RANGE)."""
 
 
 class KeyLayout:
@@ -74,6 +88,7 @@ class _Channels(ConnectionManager):
     def __init__(self, endpoints: Sequence[str], tls: EtcdTLSMaterial | None,
                  interceptors: Sequence[grpc.aio.ClientInterceptor]) -> None:
         super().__init__(endpoints)
+        self.grpc_options = [*self.grpc_options, ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]
         self._tls = tls
         self._interceptors = list(interceptors) or None
 
@@ -143,6 +158,61 @@ def watch_stub(client: Etcd3Client) -> rpc_pb2_grpc.WatchStub:
     return rpc_pb2_grpc.WatchStub(channel)
 
 
+async def read_range(kv: Any, start: bytes, end: bytes, *, revision: int = 0, timeout: float | None,
+                     keys_only: bool = False, page: int | None = None) -> tuple[Any, list[Any]]:
+    """Every key in [``start``, ``end``) at one revision, in key order, read ``page`` keys at a time
+    (default ``LIST_PAGE``, ``KEYS_PAGE`` for keys only): (the first page's response header, the key-values).
+
+    ``revision`` 0: a linearizable read now; the first page's revision pins the others, and if
+    etcd compacts it away meanwhile the list starts over at a fresh revision (a few times, then
+    ``RevisionCompacted``).  An explicit ``revision`` that is or gets compacted: ``RevisionCompacted``.
+    """
+    for _ in range(_LIST_ATTEMPTS):
+        try:
+            return await _read_pages(kv, start, end, revision, timeout, keys_only,
+                                     page or (KEYS_PAGE if keys_only else LIST_PAGE))
+        except RevisionCompacted:
+            if revision:
+                raise
+    raise RevisionCompacted(f"etcd compacted every revision a list of {start!r} was pinned to "
+                            f"({_LIST_ATTEMPTS} attempts)")
+
+
+async def _read_pages(kv: Any, start: bytes, end: bytes, revision: int, timeout: float | None, keys_only: bool,
+                      page: int) -> tuple[Any, list[Any]]:
+    header, items, key = None, [], start
+    while True:
+        try:
+            resp = await kv.get(key, range_end=end, revision=revision, limit=page, keys_only=keys_only,
+                                timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            if compacted(exc):
+                raise RevisionCompacted(f"revision {revision} of {start!r} is compacted") from exc
+            raise
+        if header is None:
+            header, revision = resp.header, int(resp.header.revision)
+        items.extend(resp.kvs)
+        if not resp.more or not resp.kvs:
+            return header, items
+        key = resp.kvs[-1].key + b"\0"
+
+
+def _too_large(exc: BaseException) -> str | None:
+    """etcd's message when ``exc`` is its refusal of a request over ``--max-request-bytes``, else None."""
+    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        detail = exc.details() or ""
+        return detail if "request is too large" in detail else None
+    return None
+
+
+def compacted(exc: BaseException) -> bool:
+    """Whether ``exc`` is etcd's answer to a read at a compacted revision."""
+    if isinstance(exc, RevisionCompacted):
+        return True
+    return (isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.OUT_OF_RANGE
+            and "compacted" in (exc.details() or ""))
+
+
 @contextlib.contextmanager
 def etcd_errors(action: str) -> Iterator[None]:
     """Turn every way an etcd call can fail for lack of etcd into ``EtcdUnavailableError`` (503);
@@ -159,6 +229,12 @@ def etcd_errors(action: str) -> Iterator[None]:
             action=action, reason="etcd_access",
         ) from exc
     except (EtcdError, grpc.aio.AioRpcError, TimeoutError, ConnectionError) as exc:
+        too_large = _too_large(exc)
+        if too_large:  # the store measures first: etcd's own limit is below etcd.max_request_bytes
+            raise PayloadTooLargeError(
+                f"etcd refused the request as too large, cannot {action} (is etcd.max_request_bytes above "
+                f"etcd's --max-request-bytes?): {too_large}", action=action, reason="etcd_request_too_large",
+            ) from exc
         raise EtcdUnavailableError(
             f"etcd is unavailable, cannot {action}: {exc.__class__.__name__}: {exc}".strip(),
             action=action,

@@ -40,6 +40,7 @@ Cluster identity and revisions going back
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -213,7 +214,8 @@ class Mirror:
         self._last_contact = time.monotonic()
 
     async def _relist(self, why: str) -> None:
-        """List ``docs/`` at a fresh revision (linearizable) and load, replace or resync from it.
+        """List ``docs/`` at a fresh revision (linearizable; in pages, all at that revision) and load,
+        replace or resync from it.
 
         First list: load.  Other cluster, or a revision below the applied one:
         replace the state (module docstring).  Otherwise publish the difference.
@@ -222,10 +224,10 @@ class Mirror:
         kv = self._client.kv
         if kv is None:
             raise RuntimeError("etcd client is not connected")
-        resp = await kv.get(start, range_end=prefix_range_end(start), timeout=self.tuning.etcd_timeout)
+        header, items = await _etcd.read_range(kv, start, prefix_range_end(start), timeout=self.tuning.etcd_timeout)
         self._contact()
-        listed = {self.layout.ns_of_doc_key(item.key): item for item in resp.kvs}
-        revision, cluster = int(resp.header.revision), int(resp.header.cluster_id)
+        listed = {self.layout.ns_of_doc_key(item.key): item for item in items}
+        revision, cluster = int(header.revision), int(header.cluster_id)
         replaced = self._divergence(cluster, revision)
         if not self.ready.is_set() or replaced:
             changes, floor = await recent_changes(kv, self.layout, listed, revision, self.ring.capacity,
@@ -294,18 +296,22 @@ class Mirror:
             self.tuning.progress_interval,
         )
         self._session = session
+        # aclosing: a raise in this loop (compaction, divergence, cancel) must run the session's
+        # finally now, so grpc's request task ends; a generator left suspended is only finalized
+        # with that task at garbage collection ("Task was destroyed but it is pending!").
         try:
-            async for resp in session.responses():
-                self._contact()
-                self._check_header(resp.header)
-                if resp.compact_revision:
-                    raise Compacted(resp.compact_revision)
-                if resp.canceled:
-                    raise grpc.RpcError(f"watch canceled by etcd: {resp.cancel_reason}")
-                if resp.events:
-                    self._apply_events(resp.events)
-                elif not resp.created and resp.header.revision > self.applied_revision:
-                    await self._on_progress(verifier, int(resp.header.revision))
+            async with contextlib.aclosing(session.responses()) as responses:
+                async for resp in responses:
+                    self._contact()
+                    self._check_header(resp.header)
+                    if resp.compact_revision:
+                        raise Compacted(resp.compact_revision)
+                    if resp.canceled:
+                        raise grpc.RpcError(f"watch canceled by etcd: {resp.cancel_reason}")
+                    if resp.events:
+                        self._apply_events(resp.events)
+                    elif not resp.created and resp.header.revision > self.applied_revision:
+                        await self._on_progress(verifier, int(resp.header.revision))
         finally:
             self._session = None
 

@@ -13,6 +13,10 @@ Contract
 * Reading a past revision (``get_at``) reads the history key whose
   ``mod_revision`` equals it; history keys are never rewritten, so this works
   after etcd compacted that revision away.
+* A release whose transaction would exceed etcd's request limit
+  (``max_request_bytes``, etcd's ``--max-request-bytes``; the record is in it
+  twice) is refused with ``PayloadTooLargeError`` (413) before anything is
+  written: etcd would refuse it anyway, and a retry cannot help.
 * Every write records the caller's :class:`~configcenter.model.Origin`
   (principal, trace id, client, user agent) in both keys; the store trusts
   it as given: establishing it is the API's job.
@@ -28,14 +32,16 @@ from typing import Any
 
 import orjson
 from etcd3aio import Etcd3Client, SortOrder, SortTarget, prefix_range_end
-from etcd3aio._protobuf import Compare
+from etcd3aio._protobuf import Compare, rpc_pb2
 
-from ..errors import ConflictError, NotFoundError, PreconditionFailedError
+from ..errors import ConflictError, NotFoundError, PayloadTooLargeError, PreconditionFailedError
 from ..model import Op, Origin, Release
-from .etcd import KeyLayout, etcd_errors
+from .etcd import KeyLayout, etcd_errors, read_range
+from .settings import ETCD_MAX_REQUEST_BYTES
 
 _CAS_ATTEMPTS = 16
 _NOBODY = Origin()  # writes made without the API (tests, tools): no principal, no trace id
+_RAFT_HEADER_BYTES = 1024  # etcd wraps the transaction in a raft request (header, user name) before measuring
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +55,12 @@ class HistoryPage:
 class Store:
     """etcd-backed release store for one key prefix; see the module docstring for guarantees."""
 
-    def __init__(self, client: Etcd3Client, layout: KeyLayout, timeout: float = 5.0) -> None:
+    def __init__(self, client: Etcd3Client, layout: KeyLayout, timeout: float = 5.0,
+                 max_request_bytes: int = ETCD_MAX_REQUEST_BYTES) -> None:
         self._client = client
         self.layout = layout
         self._timeout = timeout
+        self._max_request_bytes = max_request_bytes
 
     @property
     def _kv(self) -> Any:
@@ -91,12 +99,12 @@ class Store:
         """All current releases whose namespace starts with ``prefix``, sorted by name, and the read revision."""
         start = self.layout.docs_prefix + prefix.encode()
         with etcd_errors("list namespaces"):
-            resp = await self._kv.get(start, range_end=prefix_range_end(start), timeout=self._timeout)
+            header, items = await read_range(self._kv, start, prefix_range_end(start), timeout=self._timeout)
         releases = [
             Release.from_record(self.layout.ns_of_doc_key(kv.key), kv.mod_revision, orjson.loads(kv.value))
-            for kv in resp.kvs
+            for kv in items
         ]
-        return int(resp.header.revision), sorted(releases, key=lambda r: r.ns)
+        return int(header.revision), sorted(releases, key=lambda r: r.ns)
 
     async def history(self, ns: str, limit: int = 20, before: int | None = None) -> HistoryPage:
         """Releases of ``ns`` newest first, those with revision < ``before`` when given."""
@@ -108,8 +116,8 @@ class Store:
         if page:
             low, high = page[-1].key, page[0].key
             with etcd_errors(f"read history of {ns}"):
-                resp = await self._kv.get(low, range_end=high + b"\0", timeout=self._timeout)
-            entries = [Release.from_record(ns, kv.mod_revision, orjson.loads(kv.value)) for kv in resp.kvs]
+                _, items = await read_range(self._kv, low, high + b"\0", timeout=self._timeout)
+            entries = [Release.from_record(ns, kv.mod_revision, orjson.loads(kv.value)) for kv in items]
             entries.sort(key=lambda r: r.revision, reverse=True)
         more = len(keys) > limit
         return HistoryPage(entries, entries[-1].revision if more and entries else None)
@@ -155,6 +163,8 @@ class Store:
         attempts = 1 if if_match is not None else _CAS_ATTEMPTS
         for _ in range(attempts):
             current_rev, last_version = await self._write_guard(ns)
+            if delete and current_rev == 0:  # deleted meanwhile (a racing delete won): nothing to delete
+                raise NotFoundError(f"namespace {ns!r} does not exist", namespace=ns)
             if if_match is not None and if_match != current_rev:
                 raise _stale(ns, if_match, current_rev)
             release: Release = build(last_version + 1)
@@ -188,16 +198,26 @@ class Store:
             _compare_mod_revision(doc_key, current_rev),
             kv.txn_compare_create_revision(hist_key, 0),
         ]
-        first = kv.txn_op_delete(doc_key) if delete else kv.txn_op_put(doc_key, value)
+        ops = [kv.txn_op_delete(doc_key) if delete else kv.txn_op_put(doc_key, value), kv.txn_op_put(hist_key, value)]
+        self._check_size(ns, rpc_pb2.TxnRequest(compare=compare, success=ops).ByteSize())
         with etcd_errors(f"write {ns}"):
-            resp = await kv.txn(compare, [first, kv.txn_op_put(hist_key, value)], timeout=self._timeout)
+            resp = await kv.txn(compare, ops, timeout=self._timeout)
         return bool(resp.succeeded), int(resp.header.revision)
+
+    def _check_size(self, ns: str, txn_bytes: int) -> None:
+        limit = self._max_request_bytes - _RAFT_HEADER_BYTES
+        if txn_bytes > limit:
+            raise PayloadTooLargeError(
+                f"the release of {ns!r} takes {txn_bytes} bytes in etcd (its record is stored twice, in docs/ "
+                f"and history/), over etcd's request limit etcd.max_request_bytes ({self._max_request_bytes}); "
+                "make the document or the message smaller", namespace=ns, bytes=txn_bytes, limit=limit,
+            )
 
     async def _history_keys(self, ns: str) -> list[Any]:
         start = self.layout.history_prefix(ns)
         with etcd_errors(f"read history of {ns}"):
-            resp = await self._kv.get(start, range_end=prefix_range_end(start), keys_only=True, timeout=self._timeout)
-        return sorted(resp.kvs, key=lambda kv: kv.key)
+            _, items = await read_range(self._kv, start, prefix_range_end(start), keys_only=True, timeout=self._timeout)
+        return sorted(items, key=lambda kv: kv.key)
 
 
 def _release(ns: str, version: int, op: Op, kind: str, doc: dict[str, Any] | None, author: str, message: str,

@@ -214,7 +214,6 @@ class StreamCheck:
 
     def _change(self, rec: dict[str, Any]) -> None:
         ns, rev, prev, op, m = rec.get("ns"), rec.get("rev"), rec.get("prev"), rec.get("op"), rec.get("m")
-        pos = rec.get("pos")
         self.stats["changes"] += 1
         if not isinstance(ns, str) or not isinstance(rev, int):
             self.violation("malformed_change", frame=rec)

@@ -44,16 +44,7 @@ FAULT_KINDS = (
 )
 # Bugs the suite found, each pinned by an xfail(strict) regression test: their violations are
 # tagged ``known_bug`` and do not fail a run.  Remove an entry together with the test's xfail marker.
-KNOWN_BUGS = {
-    "sdk-same-revision":
-        "tests/chaos/test_regressions.py::test_sdk_applies_every_namespace_of_a_multi_namespace_transaction",
-    "resume-mid-transaction":
-        "tests/chaos/test_regressions.py::test_resume_after_part_of_a_transaction_delivers_the_rest",
-    "watch-request-iterator":
-        "tests/chaos/test_regressions.py::test_watch_stream_error_leaves_no_unretrieved_task_exception",
-    "concurrent-deletes":
-        "tests/chaos/test_regressions.py::test_concurrent_deletes_of_one_namespace_succeed_once",
-}
+KNOWN_BUGS: dict[str, str] = {}  # none open: every bug found so far is fixed (docs/fault-suite.md)
 APPLIED = "configcenter_applied_revision"
 RESYNCS = "configcenter_mirror_resyncs_total"
 OVERFLOWS = "configcenter_subscriber_overflows_total"
@@ -481,7 +472,13 @@ def _dump(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def known_bug(violation: dict[str, Any]) -> str | None:
-    """The ``KNOWN_BUGS`` key a violation is a symptom of, if any (narrow signatures only)."""
+    """The ``KNOWN_BUGS`` key a violation is a symptom of, if any (a fixed bug's symptom is a violation)."""
+    bug = bug_signature(violation)
+    return bug if bug in KNOWN_BUGS else None
+
+
+def bug_signature(violation: dict[str, Any]) -> str | None:
+    """The bug (known or fixed) a violation looks like a symptom of (narrow signatures only)."""
     kind = violation["kind"]
     if kind == "callback_missing" and violation.get("same_revision"):
         return "sdk-same-revision"

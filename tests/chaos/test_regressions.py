@@ -59,11 +59,6 @@ async def push(http: aiohttp.ClientSession, server: RunningServer, ns: str, doc:
         return revision
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SDK bug: classify_change() treats a change whose revision equals the stream revision as a duplicate, "
-    "but every namespace of one etcd transaction shares that revision: after the first namespace of a "
-    "multi-namespace transaction is applied, the others are dropped (no on_change, stale get(), "
-    "status().duplicates grows) until that namespace changes again (then a 'gap' re-read repairs it)"))
 async def test_sdk_applies_every_namespace_of_a_multi_namespace_transaction(
     server: RunningServer, http: aiohttp.ClientSession,
 ) -> None:
@@ -79,10 +74,6 @@ async def test_sdk_applies_every_namespace_of_a_multi_namespace_transaction(
         assert client.get("txn/a") == {"v": 1} and client.get("txn/b") == {"v": 1}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "resume ids are not unique within a transaction: every change of one etcd transaction carries the "
-    "same id, so a client whose connection broke after some (not all) of them resumes from that id and "
-    "the ring replays only revisions above it: the transaction's other namespaces are never delivered"))
 async def test_resume_after_part_of_a_transaction_delivers_the_rest(
     server: RunningServer, http: aiohttp.ClientSession,
 ) -> None:
@@ -95,12 +86,15 @@ async def test_resume_after_part_of_a_transaction_delivers_the_rest(
         changes: list[tuple[str, str | None, str]] = []
         while len(changes) < 2:
             changes += [f for f in parser.feed(await resp.content.readany()) if f[0] == "change"]
-    assert [revision_of_id(c[1]) for c in changes] == [revision, revision]
-    # the connection breaks after the first change of the transaction: resume from its id
+    # only the last frame of the transaction carries an id
+    assert changes[0][1] is None and revision_of_id(changes[1][1]) == revision
+    # the connection breaks after the first change of the transaction: an SSE client resumes from the
+    # last id it received, which is the reset's
+    last_id = [f[1] for f in frames if f[1] is not None][-1]
     first_ns = orjson.loads(changes[0][2])["ns"]
     resumed: list[str] = []
     async with http.get(f"{server.url}/v1/watch", params=[("ns", "part/")],
-                        headers={"Last-Event-ID": changes[0][1] or ""}) as resp:
+                        headers={"Last-Event-ID": last_id}) as resp:
         parser = SSEParser()
         deadline = asyncio.get_running_loop().time() + 2
         while asyncio.get_running_loop().time() < deadline:
@@ -117,12 +111,6 @@ async def test_resume_after_part_of_a_transaction_delivers_the_rest(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: when etcd breaks the mirror's Watch stream (member killed/restarted), the task grpc "
-    "runs to consume the request iterator WatchSession._request_stream() is left pending and is "
-    "garbage-collected (with it the async generator, suspended in its await): "
-    "'Task was destroyed but it is pending!' then 'Task exception was never retrieved: RuntimeError: "
-    "aclose(): asynchronous generator is already running' in the server log"))
 async def test_watch_stream_error_leaves_no_unretrieved_task_exception(own_etcd: EtcdCluster) -> None:
     errors: list[str] = []
     loop = asyncio.get_running_loop()
@@ -151,12 +139,6 @@ async def test_watch_stream_error_leaves_no_unretrieved_task_exception(own_etcd:
     assert errors == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: Store.delete() checks that the namespace exists, then commits a transaction guarded "
-    "by docs/<ns>'s mod_revision as re-read just before, and a missing key has mod_revision 0: when "
-    "two deletes race (e.g. on two replicas) the second, re-reading after the first committed, "
-    "'deletes' the absent key (etcd emits no event) and records a delete release in history; both "
-    "answer 200 with different revisions, instead of one 200 and one 404"))
 async def test_concurrent_deletes_of_one_namespace_succeed_once(
     make_server: Any, http: aiohttp.ClientSession,
 ) -> None:
@@ -175,11 +157,6 @@ async def test_concurrent_deletes_of_one_namespace_succeed_once(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: the mirror lists docs/ (and rebuilds the ring from history/) with single unpaginated "
-    "etcd range reads; gRPC's default 4 MB receive limit makes them fail once the documents exceed "
-    "4 MB in total (e.g. six documents of 700 KB, each within max_doc_bytes), so a (re)started "
-    "replica never becomes ready, and a running one could not resync after a compaction"))
 async def test_replica_starts_when_documents_exceed_4_mb(own_etcd: EtcdCluster, http: aiohttp.ClientSession) -> None:
     limits = Limits(max_body_bytes=2 << 20, max_doc_bytes=2 << 20, subscriber_queue=64, history_ring=1000)
     settings = server_settings(own_etcd, limits=limits)
@@ -196,15 +173,10 @@ async def test_replica_starts_when_documents_exceed_4_mb(own_etcd: EtcdCluster, 
         await again.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: a push stores the record twice in one etcd transaction (docs/ and history/), so a "
-    "document over ~750 KB, though within limits.max_doc_bytes (1 MB by default), exceeds etcd's "
-    "1.5 MiB request limit and is answered 503 etcd_unavailable (etcd is fine; a retry cannot help) "
-    "instead of being stored or refused with 413"))
 async def test_document_within_max_doc_bytes_is_not_refused_as_etcd_unavailable(
     make_server: Any, http: aiohttp.ClientSession,
 ) -> None:
-    server = await make_server(limits=Limits())  # the defaults: 1 MB body, 1 MB document
+    server = await make_server(limits=Limits())  # the defaults: 1 MiB body, 736 KiB document
     body = envelope({"blob": "x" * 800_000})
     async with http.put(f"{server.url}/v1/namespaces/big/doc", json=body, headers=server.auth()) as resp:
         text = await resp.text()

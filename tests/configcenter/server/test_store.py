@@ -1,16 +1,19 @@
-"""Store on a real etcd: releases, history, rollback (also after compaction), CAS races."""
+"""Store on a real etcd: releases, history, rollback (also after compaction), CAS races, paged listings."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
+import orjson
 import pytest
+from etcd3aio import prefix_range_end
 
 from configcenter.cli.embedded_etcd import EtcdCluster
 from configcenter.errors import ConflictError, NotFoundError, PreconditionFailedError
-from configcenter.server.etcd import KeyLayout, connect
+from configcenter.server.etcd import KeyLayout, RevisionCompacted, connect, read_range
 from configcenter.server.store import Store
 
 
@@ -108,3 +111,54 @@ async def test_concurrent_pushes_without_if_match_all_land(store: Store) -> None
     entries = (await store.history("lww/ns", limit=100)).entries
     assert sorted(e.version for e in entries) == list(range(1, 7))
     assert len({e.revision for e in entries}) == 6
+
+
+async def test_concurrent_deletes_exactly_one_wins(store: Store) -> None:
+    for i in range(3):
+        await store.push("del/ns", "config", {"i": i})
+        results = await asyncio.gather(store.delete("del/ns"), store.delete("del/ns"), return_exceptions=True)
+        assert sorted(type(r).__name__ for r in results) == ["NotFoundError", "Release"], results
+    ops = [e.op for e in (await store.history("del/ns", limit=100)).entries]
+    assert ops == ["delete", "push"] * 3  # no delete release for a loser
+
+
+class _PagesSeen:
+    """The store's KV, noting the revision each range read asked for; ``between`` runs after the first."""
+
+    def __init__(self, kv: Any, between: Callable[[], Awaitable[None]]) -> None:
+        self._kv, self._between, self.revisions = kv, between, list[int]()
+
+    async def get(self, *args: Any, **kwargs: Any) -> Any:
+        self.revisions.append(kwargs.get("revision", 0))
+        resp = await self._kv.get(*args, **kwargs)
+        if len(self.revisions) == 1:
+            await self._between()
+        return resp
+
+
+async def test_listing_pages_read_one_snapshot(store: Store) -> None:
+    for i in range(5):
+        await store.push(f"pg/n{i}", "config", {"i": i})
+    seen = _PagesSeen(store._kv, lambda: store.push("pg/n4", "config", {"i": "later"}))
+    start = store.layout.docs_prefix + b"pg/"
+    header, items = await read_range(seen, start, prefix_range_end(start), timeout=5, page=2)
+    assert [orjson.loads(i.value)["doc"]["i"] for i in items] == [0, 1, 2, 3, 4]  # not "later": one revision
+    assert seen.revisions == [0] + [int(header.revision)] * 2
+
+
+async def test_listing_starts_over_when_its_revision_is_compacted(store: Store, etcd: EtcdCluster) -> None:
+    for i in range(5):
+        await store.push(f"pc/n{i}", "config", {"i": i})
+
+    async def compact() -> None:
+        latest = await store.push("pc/n4", "config", {"i": "later"})
+        await asyncio.to_thread(etcd.ctl, "compact", str(latest.revision))
+
+    seen = _PagesSeen(store._kv, compact)
+    start = store.layout.docs_prefix + b"pc/"
+    header, items = await read_range(seen, start, prefix_range_end(start), timeout=5, page=2)
+    assert [orjson.loads(i.value)["doc"]["i"] for i in items] == [0, 1, 2, 3, "later"]
+    first = seen.revisions[1]
+    assert seen.revisions == [0, first, 0, int(header.revision), int(header.revision)] and header.revision > first
+    with pytest.raises(RevisionCompacted):  # pinned by the caller: no starting over
+        await read_range(store._kv, start, prefix_range_end(start), revision=first, timeout=5)
