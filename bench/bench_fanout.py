@@ -11,7 +11,11 @@ channel, spread over the same K processes) and a writer putting straight into et
 services would get without configcenter.  Printed: p50/p99/max per side, the ratio, and the
 "last subscriber served" delay per round.
 
-    python bench/bench_fanout.py [--subscribers 1000] [--rounds 20] [--layouts 1,4]
+``--workers 1,2`` runs the configcenter side once per worker count (``configcenter serve
+--workers N``: N processes on one port with SO_REUSEPORT), each against the same direct baseline,
+and prints how the kernel spread the subscribers over the workers.
+
+    python bench/bench_fanout.py [--subscribers 1000] [--rounds 20] [--layouts 1,4] [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -38,23 +45,78 @@ TOKEN = "bench-writer"
 
 
 def serve(settings: Settings) -> None:
-    """The server as `configcenter serve` runs it (connection guard included), in this process."""
+    """The server as `configcenter serve` runs it (connection guard included), in this process;
+    with ``settings.workers`` > 1 this process is the supervisor of that many workers."""
     from configcenter.server.app import serve as serve_forever
+    from configcenter.server.workers import run_workers
 
-    asyncio.run(serve_forever(settings))
+    if settings.workers > 1:
+        run_workers(settings)
+    else:
+        asyncio.run(serve_forever(settings))
 
 
-async def wait_ready(url: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(200):
+async def wait_ready(url: str, workers: int = 1) -> None:
+    """Until ``workers`` distinct workers answered /readyz 200 (fresh connection per try)."""
+    seen: set[str] = set()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        for _ in range(600):
             try:
                 async with http.get(f"{url}/readyz") as resp:
                     if resp.status == 200:
-                        return
+                        seen.add(resp.headers.get("X-Configcenter-Worker", ""))
+                        if len(seen) >= workers:
+                            return
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.05)
     raise RuntimeError("server did not become ready")
+
+
+async def subscribers_per_worker(url: str, workers: int, expected: int) -> str:
+    """``configcenter_subscribers`` of every worker (each /metrics scrape is answered by one of them),
+    polled until they add up to ``expected`` (streams of an earlier layout leave a worker's gauge
+    when the worker next writes to them, within a progress interval)."""
+    found: dict[str, int] = {}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        for _ in range(400):
+            async with http.get(f"{url}/metrics") as resp:
+                label = resp.headers.get("X-Configcenter-Worker", "0").split("/")[0]
+                line = next(x for x in (await resp.text()).splitlines() if x.startswith("configcenter_subscribers "))
+                found[label] = int(float(line.split()[1]))
+            if len(found) >= workers and sum(found.values()) == expected:
+                break
+            await asyncio.sleep(0.025)
+    return ", ".join(f"worker {k}: {v}" for k, v in sorted(found.items()))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its descendants (Linux /proc; 0 where unreadable)."""
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return total
+
+
+@asynccontextmanager
+async def running_server(settings: Settings) -> AsyncIterator[tuple[str, int]]:
+    """``configcenter serve`` (with ``settings.workers`` workers) in a separate process; yields URL and pid."""
+    proc = multiprocessing.get_context("spawn").Process(target=serve, args=(settings,), daemon=False)
+    proc.start()
+    url = f"http://127.0.0.1:{settings.port}"
+    try:
+        await wait_ready(url, settings.workers)
+        yield url, proc.pid or 0
+    finally:
+        proc.terminate()  # SIGTERM: the supervisor stops its workers
+        proc.join(20)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -123,11 +185,16 @@ async def rounds_via_etcd(endpoint: str, ns: str, rounds: int) -> dict[int, floa
     return started
 
 
-async def measure(kind: str, target: str, subscribers: int, procs: int, rounds: int) -> Result:
+async def measure(kind: str, target: str, subscribers: int, procs: int, rounds: int, workers: int = 1,
+                  pids: dict[str, int] | None = None) -> Result:
+    """``pids``: processes (label -> pid, descendants included) whose CPU time during the rounds is reported."""
     ns = f"bench/{kind}{subscribers}x{procs}"
     clients = Clients(kind, subscribers, procs, target, ns)
     await clients.ready()
+    spread = await subscribers_per_worker(target, workers, subscribers) if kind == "sse" and workers > 1 else ""
+    before = {label: cpu_seconds(pid) for label, pid in (pids or {}).items()}
     started = await (rounds_via_api if kind == "sse" else rounds_via_etcd)(target, ns, rounds)
+    cpu = {label: cpu_seconds(pid) - before[label] for label, pid in (pids or {}).items()}
     received = await clients.results()
     delays, lasts = [], []
     for revision, start in started.items():
@@ -136,48 +203,65 @@ async def measure(kind: str, target: str, subscribers: int, procs: int, rounds: 
             raise RuntimeError(f"{kind}: revision {revision} reached {len(got)}/{subscribers} subscribers")
         delays += [t - start for t in got]
         lasts.append(max(got) - start)
-    return Result(delays, lasts)
+    return Result(delays, lasts, spread, cpu)
 
 
 @dataclass
 class Result:
     delays: list[float]
     lasts: list[float]
+    spread: str = ""  # subscribers per worker, with several workers
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds during the rounds, by process label
 
     def line(self, label: str) -> str:
         d = self.delays
         return (f"  {label:<26} p50 {pct(d, .5):7.2f}  p99 {pct(d, .99):7.2f}  max {max(d) * 1000:7.2f}  "
-                f"last served p50 {pct(self.lasts, .5):7.2f}")
+                f"last served p50 {pct(self.lasts, .5):7.2f}" + (f"  ({self.spread})" if self.spread else ""))
+
+    def cpu_line(self) -> str:
+        """CPU time of the metered processes per delivered change (µs), over the rounds' wall time."""
+        delivered = len(self.delays)
+        rounds = len(self.lasts)
+        parts = [f"{label} {seconds * 1e6 / delivered:6.1f} µs/delivery ({seconds * 1e3 / rounds:.1f} ms/push)"
+                 for label, seconds in self.cpu.items()]
+        return f"  {'':<26} CPU during the rounds: " + ", ".join(parts)
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--layouts", default="1,4", help="client process counts to run, e.g. 1,4")
+    parser.add_argument("--layouts", type=ints, default=[1, 4], help="client process counts to run, e.g. 1,4")
+    parser.add_argument("--workers", type=ints, default=[1], help="server worker counts to run, e.g. 1,2")
     args = parser.parse_args()
-    layouts = [int(x) for x in args.layouts.split(",")]
+    ours: dict[tuple[int, int], Result] = {}
     with EtcdCluster(1) as etcd:
-        port = free_port()
-        settings = Settings(port=port, etcd_endpoints=tuple(etcd.endpoints), tokens={TOKEN: "writer"},
-                            limits=Limits(subscriber_queue=1024), watch=WatchTuning(progress_interval=5.0))
-        proc = multiprocessing.get_context("spawn").Process(target=serve, args=(settings,), daemon=True)
-        proc.start()
-        url = f"http://127.0.0.1:{port}"
-        try:
-            await wait_ready(url)
-            print(f"fan-out, {args.subscribers} subscribers, {args.rounds} rounds, push -> event read (ms)")
-            for procs in layouts:
-                ours = await measure("sse", url, args.subscribers, procs, args.rounds)
-                direct = await measure("etcd", etcd.endpoints[0], args.subscribers, procs, args.rounds)
-                print(f" subscribers in {procs} client process(es):")
-                print(ours.line("configcenter (API push)"))
-                print(direct.line("direct etcd watch (put)"))
-                print(f"  ratio configcenter / direct: p50 {pct(ours.delays, .5) / pct(direct.delays, .5):.2f}x, "
-                      f"p99 {pct(ours.delays, .99) / pct(direct.delays, .99):.2f}x")
-        finally:
-            proc.terminate()
-            proc.join(10)
+        etcd_pid = etcd.members[0].process.pid if etcd.members[0].process else 0
+        for workers in args.workers:
+            settings = Settings(port=free_port(), etcd_endpoints=tuple(etcd.endpoints), prefix=f"/bench-w{workers}/",
+                                tokens={TOKEN: "writer"}, limits=Limits(subscriber_queue=1024),
+                                watch=WatchTuning(progress_interval=5.0), workers=workers)
+            async with running_server(settings) as (url, pid):
+                for procs in args.layouts:
+                    ours[workers, procs] = await measure("sse", url, args.subscribers, procs, args.rounds, workers,
+                                                         {"server": pid, "etcd": etcd_pid})
+        direct = {procs: await measure("etcd", etcd.endpoints[0], args.subscribers, procs, args.rounds,
+                                       pids={"etcd": etcd_pid}) for procs in args.layouts}
+    print(f"fan-out, {args.subscribers} subscribers, {args.rounds} rounds, push -> event read (ms)")
+    for procs in args.layouts:
+        print(f" subscribers in {procs} client process(es):")
+        print(direct[procs].line("direct etcd watch (put)"))
+        print(direct[procs].cpu_line())
+        for workers in args.workers:
+            result = ours[workers, procs]
+            print(result.line(f"configcenter, {workers} worker{'s' if workers > 1 else ''}"))
+            print(f"  {'':<26} ratio to direct: p50 {pct(result.delays, .5) / pct(direct[procs].delays, .5):.2f}x, "
+                  f"p99 {pct(result.delays, .99) / pct(direct[procs].delays, .99):.2f}x")
+            print(result.cpu_line())
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from ..server.auth import Principal
 from ..server.runtime import Runtime, wait_ready
 from ..server.settings import Settings, load_settings, parse_listen
 from ..server.tls import etcd_tls_material, server_ssl_context
+from ..server.workers import WorkersFailed, run_workers
 from .client import EXIT_OK, EXIT_USAGE, Client, CliError
 from .embedded_etcd import EtcdCluster
 
@@ -84,15 +85,20 @@ def one_line_config_error(exc: ConfigCenterError) -> str:
 
 
 def run_serve(config: str | None, *, listen: str | None, etcd: str | None, prefix: str | None,
-              tls_cert: str | None = None, tls_key: str | None = None, tls_client_ca: str | None = None) -> int:
+              tls_cert: str | None = None, tls_key: str | None = None, tls_client_ca: str | None = None,
+              workers: int | None = None) -> int:
     """Run the server in the foreground until SIGINT/SIGTERM; a bad configuration exits 2.
+
+    With ``workers`` > 1 (flag, ``CONFIGCENTER_WORKERS`` or the file) a supervisor runs that many
+    server processes on the port (``server/workers.py``); workers that cannot be kept running exit 1
+    (2 for a configuration or listen error).
 
     "Bad" includes TLS files that do not load (server certificate/key/client CA, etcd TLS):
     they are read before the listener starts, so the error is one line, not a traceback.
     """
     try:
-        settings = load_settings(config, listen=listen, etcd=etcd, prefix=prefix,
-                                 tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca)
+        settings = load_settings(config, listen=listen, etcd=etcd, prefix=prefix, tls_cert=tls_cert,
+                                 tls_key=tls_key, tls_client_ca=tls_client_ca, workers=workers)
         ssl_context = server_ssl_context(settings.tls) if settings.tls else None
         if settings.etcd_tls:
             etcd_tls_material(settings.etcd_tls, "")  # checked now; the etcd client reads it again
@@ -109,7 +115,11 @@ def run_serve(config: str | None, *, listen: str | None, etcd: str | None, prefi
     elif not any(p.has_role("admin") for p in settings.tokens):
         serve_log.warning("no admin token configured (auth.tokens): every delete will be refused")
     try:
+        if settings.workers > 1:
+            return run_workers(settings)
         asyncio.run(serve(settings, ssl_context=ssl_context))
+    except WorkersFailed as exc:
+        raise CliError(str(exc), exc.code) from exc
     except KeyboardInterrupt:
         pass
     except ConfigCenterError as exc:
@@ -183,6 +193,8 @@ async def _load_one(client: Client, example: Example) -> str:
         body = parse_yaml(example.path.read_bytes())
         if isinstance(body, dict):
             body.setdefault("author", DEV_AUTHOR)
+            for key in ("namespace", "revision"):  # the envelope's identity (apply / get -o), not the push body's
+                body.pop(key, None)
         release = await client.call("PUT", f"/v1/namespaces/{example.ns}", body=body)
     except CliError as exc:
         print(f"error: example {example.path}: {exc.message}", file=sys.stderr, flush=True)
@@ -210,6 +222,7 @@ def banner(url: str, token: str, settings: Settings, data_dir: Path, loaded: lis
         f"configcenter dev is running at {url}",
         f"  etcd:   {','.join(settings.etcd_endpoints)} (data in {data_dir})",
         f"  token:  {token} (principal dev, role admin, new on every start)",
+        f"  console: {url}/ui/ (sign in with the token)",
         "examples:",
         *(loaded or ["  (none found)"]),
         "",

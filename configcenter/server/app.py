@@ -20,8 +20,11 @@ from aiohttp import web
 
 from .api import Handler, add_routes, error_middleware
 from .audit import add_request_id, make_audit_middleware
+from .console import add_console_routes
+from .instances_api import add_instance_routes
 from .listener import GuardedSite
 from .runtime import RUNTIME, Runtime
+from .schemas_api import add_schema_routes
 from .settings import Settings
 from .tls import server_ssl_context
 
@@ -47,7 +50,10 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(add_request_id)
     runtime = Runtime(settings)
     app[RUNTIME] = runtime
+    add_instance_routes(app)  # first: /v1/namespaces/{ns}/rollout before /v1/namespaces/{ns}
     add_routes(app)
+    add_schema_routes(app)
+    add_console_routes(app)  # /ui/ (the operator console) and /v1/whoami
 
     async def lifecycle(app: web.Application) -> Any:
         await runtime.start()
@@ -68,11 +74,14 @@ async def start_site(runner: web.AppRunner, host: str, port: int, *, ssl_context
 
 
 async def serve(settings: Settings, *, ssl_context: ssl.SSLContext | None = None,
-                on_ready: Callable[[Runtime], Awaitable[None]] | None = None) -> None:
+                on_ready: Callable[[Runtime], Awaitable[None]] | None = None,
+                reuse_port: bool | None = None, configure: Callable[[web.Application], None] | None = None) -> None:
     """Serve until SIGINT/SIGTERM, then stop cleanly.  ``OSError`` if the address cannot be bound.
 
     ``on_ready`` runs once the listener is up (it may wait for etcd itself).  Without ``ssl_context``
     the listener uses ``settings.tls`` (``tls.server_ssl_context``); plain HTTP only when neither is set.
+    ``reuse_port`` / ``configure`` are for the worker processes of ``--workers N`` (``workers.py``):
+    share the port with SO_REUSEPORT, and adjust the app (headers, metrics) before it starts.
     """
     if ssl_context is None and settings.tls is not None:
         ssl_context = server_ssl_context(settings.tls)
@@ -81,10 +90,13 @@ async def serve(settings: Settings, *, ssl_context: ssl.SSLContext | None = None
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(create_app(settings), access_log=None, shutdown_timeout=1.0)
+    app = create_app(settings)
+    if configure is not None:
+        configure(app)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     try:
-        await start_site(runner, settings.host, settings.port, ssl_context=ssl_context)
+        await start_site(runner, settings.host, settings.port, ssl_context=ssl_context, reuse_port=reuse_port)
         if on_ready is not None:
             await on_ready(runner.app[RUNTIME])
         await stop.wait()

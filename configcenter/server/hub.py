@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -94,7 +94,7 @@ class Subscription:
     match: Matcher
     limit: int
     channel: SseChannel | None = None
-    queue: deque[Item] = field(default_factory=deque)
+    queue: list[Item] = field(default_factory=list)  # taken whole by the sender; a list is 10x smaller than a deque
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     needs_reset: str | None = None  # the reason of a pending reset
     floor: int = 0  # nothing at or below this revision is sent any more

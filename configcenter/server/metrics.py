@@ -27,6 +27,12 @@ _HELP = {
     "configcenter_auth_failures_total": ("counter", "requests refused 401: bad Authorization, unknown or no token"),
     "configcenter_auth_denied_total": ("counter", "requests refused 403: the token's role or scope does not allow it"),
     "configcenter_propagation_seconds": ("histogram", "commit (server clock) to change event written to a subscriber"),
+    "configcenter_instances": ("gauge", "SDK instances with a live lease (as of the last rollout refresh)"),
+    "configcenter_instance_writes_total": ("counter", "instance reports written to etcd (new or changed state)"),
+    "configcenter_instance_keepalives_total": ("counter", "unchanged instance reports: lease renewed, nothing written"),
+    "configcenter_rollout_pending_instances": ("gauge", "live subscribed instances not yet at the current revision"),
+    "configcenter_rollout_rejected_instances": ("gauge", "subscribed instances that rejected the namespace's revision"),
+    "configcenter_rollout_ack_seconds": ("histogram", "commit (server clock) to an instance reporting it applied"),
 }
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -34,11 +40,14 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 class Metrics:
     """Counters and gauges by name, one histogram; ``render()`` gives Prometheus text format 0.0.4."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, _nested: bool = False) -> None:
         self.values: dict[str, float] = defaultdict(float)
         self._bucket_counts = [0] * (len(_BUCKETS) + 1)
         self._sum = 0.0
         self._count = 0
+        self.series: dict[str, dict[str, float]] = {}  # labelled gauges: name -> {'ns="a/b"': value}
+        # the ack histogram is a second Metrics whose own histogram state is used (nested: no further one)
+        self._ack: Metrics = self if _nested else Metrics(_nested=True)
 
     def inc(self, name: str, by: float = 1.0) -> None:
         self.values[name] += by
@@ -46,17 +55,27 @@ class Metrics:
     def set(self, name: str, value: float) -> None:
         self.values[name] = value
 
-    def observe_propagation(self, seconds: float) -> None:
-        self._bucket_counts[bisect.bisect_left(_BUCKETS, seconds)] += 1
-        self._sum += seconds
-        self._count += 1
+    def observe_propagation(self, seconds: float, count: int = 1) -> None:
+        """``count`` observations of ``seconds`` (one change written to ``count`` subscribers)."""
+        self._bucket_counts[bisect.bisect_left(_BUCKETS, seconds)] += count
+        self._sum += seconds * count
+        self._count += count
+
+    def set_series(self, name: str, label: str, values: dict[str, float]) -> None:
+        """Replace the whole family ``name{label="..."}`` (label values must not need escaping)."""
+        self.series[name] = {f'{label}="{key}"': value for key, value in values.items()}
+
+    def observe_ack(self, seconds: float) -> None:
+        self._ack.observe_propagation(seconds)
 
     def render(self) -> str:
         lines: list[str] = []
         for name, (kind, text) in _HELP.items():
             lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
             if kind == "histogram":
-                lines += self._histogram_lines(name)
+                lines += (self._ack if name == "configcenter_rollout_ack_seconds" else self)._histogram_lines(name)
+            elif name in self.series:
+                lines += [f"{name}{{{labels}}} {value:g}" for labels, value in sorted(self.series[name].items())]
             else:
                 lines.append(f"{name} {self.values.get(name, 0):g}")
         return "\n".join(lines) + "\n"

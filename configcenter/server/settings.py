@@ -27,7 +27,7 @@ class Limits:
     """Bounds on everything a client controls (see ``docs/bad-input.md``)."""
 
     max_body_bytes: int = 1_048_576  # raw request body, checked before reading it
-    max_doc_bytes: int = 1_048_576  # the document after YAML alias expansion, as encoded JSON
+    max_doc_bytes: int = 753_664  # the document after YAML alias expansion, as encoded JSON (736 KiB: see below)
     max_depth: int = 64  # nesting of a request body (JSON and YAML alike)
     max_regex_program_size: int = 100  # RE2 program size of one header regex (Envoy's default)
     subscriber_queue: int = 1024
@@ -35,6 +35,22 @@ class Limits:
     header_timeout: float = 10.0  # seconds for a connection to deliver complete request headers
     max_connections: int = 16_384  # open client connections (SSE streams included); more are refused
     cpu_workers: int = 2  # threads for parse / validate / diff / compile of request bodies
+
+
+ETCD_MAX_REQUEST_BYTES = 1_572_864  # etcd's default --max-request-bytes (1.5 MiB)
+RECORD_ALLOWANCE = 65_536  # per release, beyond the document twice: metadata, keys, transaction framing
+
+
+def check_record_fits(limits: Limits, etcd_max_request_bytes: int) -> None:
+    """A release stores its record twice in one etcd request (``docs/`` and ``history/``): ``ConfigError``
+    unless ``2 * max_doc_bytes + RECORD_ALLOWANCE`` fits ``etcd.max_request_bytes`` (then a document
+    within ``max_doc_bytes`` is refused only for an oversized message, 413 at the store)."""
+    most = (etcd_max_request_bytes - RECORD_ALLOWANCE) // 2
+    if limits.max_doc_bytes > most:
+        raise ConfigError(
+            f"limits.max_doc_bytes {limits.max_doc_bytes} is too large for etcd.max_request_bytes "
+            f"{etcd_max_request_bytes}: a release stores the document twice in one etcd request, so at most "
+            f"{max(most, 0)} (raise etcd's --max-request-bytes and etcd.max_request_bytes together)")
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,7 @@ class WatchTuning:
     backoff_max: float = 5.0
     etcd_timeout: float = 5.0
     write_visibility_timeout: float = 2.0
+    instance_ttl: float = 30.0  # lease of an SDK instance's report (instances.py); SDKs heartbeat every ttl/3
 
 
 @dataclass(frozen=True)
@@ -96,6 +113,8 @@ class Settings:
     tls: ServerTLS | None = None  # None: plain HTTP
     etcd_tls: EtcdTLS | None = None  # None: plain gRPC, unless an endpoint is https://
     etcd_auth: EtcdCredentials | None = None  # None: no etcd user (etcd authentication disabled)
+    etcd_max_request_bytes: int = ETCD_MAX_REQUEST_BYTES  # etcd.max_request_bytes: etcd's --max-request-bytes
+    workers: int = 1  # processes sharing the port (SO_REUSEPORT), each with its own mirror; 1: no supervisor
 
     def __post_init__(self) -> None:
         if isinstance(self.tokens, Mapping):  # the old in-code form {token: role}
@@ -111,6 +130,14 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise ConfigError(f"listen address {value!r} must look like HOST:PORT")
     return host or "127.0.0.1", int(port)
+
+
+def parse_workers(value: Any) -> int:
+    """``workers`` (file, ``CONFIGCENTER_WORKERS``, ``--workers``): an integer from 1 to 256."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or not 1 <= int(text) <= 256:
+        raise ConfigError(f"workers must be an integer from 1 to 256, got {value!r}")
+    return int(text)
 
 
 def parse_endpoints(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -133,6 +160,7 @@ def load_settings(
     tls_key: str | None = None,
     tls_client_ca: str | None = None,
     env: Mapping[str, str] | None = None,
+    workers: int | None = None,
 ) -> Settings:
     """Build settings from file, then environment, then flags (see module docstring).
 
@@ -152,9 +180,13 @@ def load_settings(
         settings = replace(settings, etcd_endpoints=parse_endpoints(etcd))
     if prefix:
         settings = replace(settings, prefix=prefix)
+    workers_text = workers if workers is not None else env.get("CONFIGCENTER_WORKERS")
+    if workers_text:
+        settings = replace(settings, workers=parse_workers(workers_text))
     flags = {"cert_file": tls_cert, "key_file": tls_key, "client_ca_file": tls_client_ca}
     settings = replace(settings, tls=_server_tls(data.get("tls") or {}, flags, env))
     _check_files(settings)
+    check_record_fits(settings.limits, settings.etcd_max_request_bytes)
     return settings
 
 
@@ -173,12 +205,17 @@ def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _from_mapping(data: dict[str, Any]) -> Settings:
-    _reject_unknown("config", data, {"listen", "etcd", "auth", "limits", "watch", "tls"})
+    _reject_unknown("config", data, {"listen", "etcd", "auth", "limits", "watch", "tls", "workers"})
     kwargs: dict[str, Any] = {}
+    if "workers" in data:
+        kwargs["workers"] = parse_workers(data["workers"])
     if "listen" in data:
         kwargs["host"], kwargs["port"] = parse_listen(str(data["listen"]))
     etcd = data.get("etcd") or {}
-    _reject_unknown("etcd", etcd, {"endpoints", "prefix", "tls", "username", "password", "password_file"})
+    _reject_unknown("etcd", etcd, {"endpoints", "prefix", "tls", "username", "password", "password_file",
+                                   "max_request_bytes"})
+    if "max_request_bytes" in etcd:
+        kwargs["etcd_max_request_bytes"] = _positive_int("etcd.max_request_bytes", etcd["max_request_bytes"])
     if "endpoints" in etcd:
         kwargs["etcd_endpoints"] = parse_endpoints(etcd["endpoints"])
     if "prefix" in etcd:
@@ -230,6 +267,12 @@ def _etcd_credentials(etcd: dict[str, Any]) -> EtcdCredentials | None:
     if bool(password) == bool(password_file):
         raise ConfigError("etcd: with etcd.username give exactly one of password and password_file")
     return EtcdCredentials(username, password, password_file)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer (bytes), got {value!r}")
+    return value
 
 
 def _optional_str(value: Any) -> str | None:

@@ -98,10 +98,13 @@ async def test_dev_loads_examples_and_stops_cleanly(tmp_path: Path, http: aiohtt
         async with http.post(f"http://127.0.0.1:{port}/v1/namespaces/payment/routes/route",
                              json={"headers": {"x-release": "v2-beta"}}) as resp:
             assert (await resp.json())["cluster"] == "payment-canary"
+        async with http.get(f"http://127.0.0.1:{port}/ui/") as resp:  # the console, with no extra step
+            assert resp.status == 200 and "app.js" in await resp.text()
         assert processes_using(str(data_dir))  # etcd is running on our data dir
         code, _, err = await stop_dev(proc)
     assert code == 0, err
     assert f"http://127.0.0.1:{port}" in banner and "export CONFIGCENTER_TOKEN=" in banner
+    assert f"console: http://127.0.0.1:{port}/ui/" in banner
     assert banner.count("loaded revision") == 3
     assert processes_using(str(data_dir)) == []
 
