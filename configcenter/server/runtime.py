@@ -25,6 +25,7 @@ from ..model import Release
 from . import etcd as _etcd
 from .auth import TokenAuth
 from .hub import Hub
+from .instances import InstanceRegistry
 from .listener import ConnectionGuard
 from .metrics import Metrics
 from .mirror import Mirror
@@ -41,7 +42,8 @@ class Runtime:
         self.auth = TokenAuth(settings.tokens, settings.read_requires_token, self.metrics)
         self.client = _etcd.client_for(settings)
         layout = _etcd.KeyLayout(settings.prefix)
-        self.store = Store(self.client, layout, timeout=settings.watch.etcd_timeout)
+        self.store = Store(self.client, layout, timeout=settings.watch.etcd_timeout,
+                           max_request_bytes=settings.etcd_max_request_bytes)
         self.mirror = Mirror(self.client, layout, ring_size=settings.limits.history_ring,
                              tuning=settings.watch, metrics=self.metrics)
         self.hub = Hub(self.mirror, self.metrics, queue_size=settings.limits.subscriber_queue,
@@ -56,6 +58,9 @@ class Runtime:
         # etcd cluster reuses them for other content, so a mirror reset drops both
         self.mirror.reset_listeners.append(self._forget_revision_keyed_caches)
         self._cpu = ThreadPoolExecutor(settings.limits.cpu_workers, thread_name_prefix="configcenter-cpu")
+        self.instances = InstanceRegistry(self.client, layout.prefix, settings.watch.instance_ttl, self.metrics,
+                                          timeout=settings.watch.etcd_timeout, releases=lambda: self.mirror.state)
+        self._instance_metrics: asyncio.Task[Any] | None = None
 
     def _forget_revision_keyed_caches(self, _reason: str) -> None:
         self._tables.clear()
@@ -64,8 +69,12 @@ class Runtime:
     async def start(self) -> None:
         await self.client.connect()
         self.mirror.start()
+        self._instance_metrics = asyncio.get_running_loop().create_task(self.instances.run_metrics())
 
     async def close(self) -> None:
+        if self._instance_metrics is not None:
+            self._instance_metrics.cancel()
+        await self.instances.close()
         await self.mirror.stop()
         await self.client.close()
         self._cpu.shutdown(wait=False, cancel_futures=True)

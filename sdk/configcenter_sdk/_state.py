@@ -151,12 +151,13 @@ def parse_release(obj: object) -> Incoming:
 def classify_change(known: int | None, stream_revision: int, change: Incoming) -> Verdict:
     """Decide what to do with a ``change`` event.
 
-    ``duplicate``: at or below the namespace's known revision or the stream
-    revision (already covered). ``gap``: the namespace is known and the
+    ``duplicate``: at or below the namespace's known revision, or below the
+    stream revision (already covered; *at* the stream revision is not enough:
+    the namespaces of one etcd transaction share its revision). ``gap``: the namespace is known and the
     change's ``prev_revision`` is not its known revision (a change was missed;
     fetch a snapshot). ``apply`` otherwise, including namespaces never seen.
     """
-    if change.revision <= stream_revision or (known is not None and change.revision <= known):
+    if change.revision < stream_revision or (known is not None and change.revision <= known):
         return "duplicate"
     if known is not None and change.prev_revision is not None and change.prev_revision != known:
         return "gap"
@@ -166,11 +167,15 @@ def classify_change(known: int | None, stream_revision: int, change: Incoming) -
 class LocalState:
     """Documents + revisions + route tables; see the module docstring for the threading rules."""
 
-    def __init__(self, cache: FallbackCache, persist: Persist | None) -> None:
+    def __init__(self, cache: FallbackCache, persist: Persist | None,
+                 max_regex_program_size: int | None = None) -> None:
         self.cache = cache
         self.revisions: dict[str, int] = {}
         self.tables: dict[str, RouteTable] = {}
         self.errors: deque[ClientError] = deque(maxlen=_MAX_ERRORS)
+        # ns -> the newest rejection of its current revision (cleared when a newer revision is adopted)
+        self.rejected: dict[str, ClientError] = {}
+        self._max_regex_program_size = max_regex_program_size
         self._persist = persist
         self._by_ns: dict[str, RouteTable] = {}
         self._change_listeners: tuple[tuple[Callable[[str], bool], ChangeCallback], ...] = ()
@@ -201,6 +206,7 @@ class LocalState:
                 self._restamp(release, source)
             return False
         self.revisions[ns] = release.revision
+        self.rejected.pop(ns, None)
         if source == "live":
             log.info("applied %s@%d (trace %s, by %s)", ns, release.revision, release.trace_id or "-",
                      release.principal or "-")
@@ -273,7 +279,15 @@ class LocalState:
             self.cache.put(CachedDoc(release.ns, release.revision, release.kind, hit.entry.doc,
                                      self.cache.clock(), "live"))
 
+    def applied_revision(self, ns: str) -> int | None:
+        """The revision of ``ns`` in use: its last adopted one, or, if that was rejected, its last good table's."""
+        if ns not in self.rejected:
+            return self.revisions.get(ns)
+        table = self._by_ns.get(ns)
+        return table.revision if table is not None else None
+
     def _forget(self, ns: str) -> bool:
+        self.rejected.pop(ns, None)
         had = self.cache.remove(ns)
         if ns in self._by_ns:
             del self._by_ns[ns]
@@ -286,7 +300,8 @@ class LocalState:
         """Compile off to the side; publish on success, keep the last good table on failure."""
         assert release.doc is not None
         try:
-            table = compile_table(release.doc, release.revision)
+            table = compile_table(release.doc, release.revision,
+                                  max_regex_program_size=self._max_regex_program_size)
         except RouteTableError as exc:
             await self._record_error(release.ns, release.revision, exc)
             return False
@@ -306,6 +321,7 @@ class LocalState:
     async def _record_error(self, ns: str, revision: int, exc: Exception) -> None:
         log.error("namespace %s revision %d rejected, keeping the last good table: %s", ns, revision, exc)
         self.errors.append(ClientError(ns, revision, str(exc), time.time()))
+        self.rejected[ns] = self.errors[-1]
         for callback in self._error_listeners:
             await _call(callback, ns, revision, exc)
 

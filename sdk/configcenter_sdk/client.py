@@ -32,6 +32,11 @@ Contract
   ``on_error`` listeners) and the last good one stays.
 * Listeners run on the client's event loop, in order; a coroutine result is
   awaited before the next event is applied. Their exceptions are logged.
+* Unless ``report=False`` the client reports itself (``identity``: ``instance_id``, ``service``,
+  ``labels``) and, per namespace, the revision it applied or rejected to ``POST
+  /v1/instances/{id}/report`` on every change and as a heartbeat, in its own task (``_report``);
+  ``close()`` says goodbye. ``max_regex_program_size`` bounds header regexes of route tables here
+  (tables over it are rejected like any that fails to compile).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ import aiohttp
 import orjson
 
 from ._persist import ResumeMarker, SnapshotWriter, load_snapshots
+from ._report import Reporter, make_identity, namespace_report
 from ._sse import SSEParser
 from ._state import (
     ChangeCallback,
@@ -103,6 +109,11 @@ class ConfigClient:
         ca_file: str | os.PathLike[str] | None = None,
         client_cert: str | os.PathLike[str] | None = None,
         client_key: str | os.PathLike[str] | None = None,
+        service: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        instance_id: str | None = None,
+        report: bool = True,
+        max_regex_program_size: int | None = None,
     ) -> None:
         if isinstance(servers, str) or not servers:
             raise ValueError("servers must be a non-empty sequence of base URLs")
@@ -123,7 +134,8 @@ class ConfigClient:
         self._cache_ttl = cache_ttl
         store = SnapshotStore(cache_dir, clock=clock) if cache_dir is not None else None
         self._writer = SnapshotWriter(store) if store is not None else None
-        self._state = LocalState(FallbackCache(cache_maxsize, cache_ttl, clock), self._persist)
+        self._state = LocalState(FallbackCache(cache_maxsize, cache_ttl, clock), self._persist,
+                                 max_regex_program_size)
         self._mode: Mode = "fallback"
         self._mode_listeners: tuple[ModeCallback, ...] = (on_mode_change,) if on_mode_change else ()
         self._server: str | None = None
@@ -134,6 +146,22 @@ class ConfigClient:
         self._session: aiohttp.ClientSession | None = None
         self._settled = asyncio.Event()
         self._rng = random.Random()
+        self.identity = make_identity(service, labels, instance_id)
+        self._reporter = self._make_reporter() if report else None
+        self._report_task: asyncio.Task[NoReturn] | None = None
+
+    def _make_reporter(self) -> Reporter:
+        """The instance reporter (``_report``), told at once of every change, rejection and mode switch."""
+        reporter = Reporter(
+            self.identity, self._selectors,
+            lambda: {"mode": self._mode, "namespaces": namespace_report(self._state, self._mode)},
+            session=lambda: self._session, headers=self._headers,
+            server=lambda: self._server or self._servers[self._index], timeout=self._connect_timeout,
+        )
+        self._state.add_change_listener(None, reporter.changed)
+        self._state.add_error_listener(reporter.changed)
+        self._mode_listeners = (*self._mode_listeners, reporter.changed)
+        return reporter
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -157,6 +185,9 @@ class ConfigClient:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="configcenter-subscription")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._settled.wait(), self._start_timeout)
+        if self._reporter is not None:  # first report once settled: not a 'fallback' of the first milliseconds
+            self._report_task = asyncio.get_running_loop().create_task(self._reporter.run(),
+                                                                       name="configcenter-report")
         if self._mode == "live":
             return
         if self._require_initial and not self._state.cache.namespaces():
@@ -168,11 +199,14 @@ class ConfigClient:
 
     async def close(self) -> None:
         """Stop the subscription and persist pending snapshots; idempotent."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._task, self._report_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._report_task = None
+        if self._reporter is not None:
+            await self._reporter.goodbye()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -187,6 +221,11 @@ class ConfigClient:
     def mode(self) -> Mode:
         """``live`` or ``fallback`` (thread-safe read)."""
         return self._mode
+
+    @property
+    def reports_sent(self) -> int:
+        """Instance reports the server accepted so far (0 with ``report=False``)."""
+        return self._reporter.sent if self._reporter is not None else 0
 
     def route(self, service: str, headers: Mapping[str, str]) -> RouteDecision:
         """Route one request by the current table of ``service``; ``UnknownServiceError`` if none.
