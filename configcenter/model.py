@@ -24,7 +24,7 @@ _SEGMENT = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 MAX_SEGMENTS = 4
 #: Last segments that would collide with the API's sub-resources
 #: (``/v1/namespaces/{ns}/history`` …), so they are not valid names.
-RESERVED_LAST_SEGMENTS = frozenset({"history", "diff", "rollback", "route"})
+RESERVED_LAST_SEGMENTS = frozenset({"history", "diff", "rollback", "route", "rollout"})
 
 
 def validate_namespace(ns: str) -> str:

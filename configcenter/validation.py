@@ -51,13 +51,15 @@ class PushRequest:
     doc: dict[str, Any]
     message: str
     author: str
+    namespace: object = None  # an envelope written by ``get -o``: must be the namespace pushed to (API: 422)
 
 
 def parse_envelope(data: Any) -> PushRequest:
-    """Check the envelope shape ``{kind, doc, message?, author?}``; raise ``InvalidBodyError`` if off."""
+    """Check the envelope shape ``{kind, doc, message?, author?, namespace?, revision?}`` (the last two as
+    ``configcenter get -o`` writes them: ``revision`` is informational); ``InvalidBodyError`` if off."""
     if not isinstance(data, dict):
         raise InvalidBodyError("body must be a mapping {kind, doc, message?, author?}")
-    unknown = sorted(set(data) - {"kind", "doc", "message", "author"})
+    unknown = sorted(set(data) - {"kind", "doc", "message", "author", "namespace", "revision"})
     if unknown:
         raise InvalidBodyError(f"unknown field(s) in body: {', '.join(map(str, unknown))}", fields=unknown)
     kind = data.get("kind")
@@ -68,7 +70,13 @@ def parse_envelope(data: Any) -> PushRequest:
     for name in ("message", "author"):
         if not isinstance(data.get(name, ""), str):
             raise InvalidBodyError(f"{name} must be a string")
-    return PushRequest(kind, data["doc"], data.get("message", ""), data.get("author", ""))
+    if "namespace" in data and data["namespace"] is None:  # another type is a namespace that does not match
+        raise InvalidBodyError("namespace must be a string (the namespace pushed to)")
+    revision = data.get("revision", 0)  # JSON Schema counts 5.0 an integer: so does this check
+    whole = isinstance(revision, int) or (isinstance(revision, float) and revision.is_integer())
+    if not whole or isinstance(revision, bool) or not 0 <= revision <= 2**63 - 1:
+        raise InvalidBodyError("revision must be a revision number (it is informational)")
+    return PushRequest(kind, data["doc"], data.get("message", ""), data.get("author", ""), data.get("namespace"))
 
 
 def validate_document(kind: str, doc: dict[str, Any], *, max_regex_program_size: int | None = None) -> None:

@@ -2,7 +2,8 @@
 
 Exit codes (stable, for scripts): 0 ok; 1 the server answered with an error;
 2 usage or local input error; 3 server unreachable; 4 precondition failed
-(HTTP 412, retry).  Errors go to stderr as one ``error: ...`` line.
+(HTTP 412, retry); 5 a rollout was rejected by an instance, 6 a rollout wait timed out
+(``rollout.py``).  Errors go to stderr as one ``error: ...`` line.
 See ``docs/cli.md`` for every command.
 """
 
@@ -21,12 +22,17 @@ from configcenter_sdk._tls import client_ssl_context
 from ..codec import parse_json, parse_yaml
 from ..errors import ConfigCenterError, InvalidBodyError, PayloadTooLargeError
 from ..model import KINDS, validate_namespace, validate_prefix
+from . import envelope
 from . import output as out
+from .apply import add_apply_command
 from .client import EXIT_OK, EXIT_USAGE, Client, CliError, WatchOptions, request_id_arg, usage_error, watch
+from .edit import add_edit_command
+from .rollout import add_rollout_command, add_wait_flags, after_write
+from .schema_cli import add_schema_command
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 30.0
-ENVELOPE_KEYS = frozenset({"kind", "doc", "message", "author"})
+ENVELOPE_KEYS = envelope.ENVELOPE_KEYS  # namespace and revision are stripped before sending
 Handler = Callable[[argparse.Namespace, Client], Awaitable[int]]
 
 
@@ -81,10 +87,11 @@ def push_body(data: Any, args: argparse.Namespace) -> dict[str, Any]:
             raise usage_error(f"{args.file}: envelope says kind {body['kind']!r} but --kind is {args.kind!r}")
         body.setdefault("kind", args.kind)
         if not body["kind"]:
-            raise usage_error(f"{args.file}: the envelope has no kind; pass --kind routes|config")
+            raise usage_error(f"{args.file}: the envelope has no kind and {args.ns} does not exist yet; "
+                              "pass --kind routes|config")
     elif not args.kind:
-        raise usage_error(f"{args.file}: a plain document needs --kind routes|config "
-                          "(or write an envelope {kind, doc, message})")
+        raise usage_error(f"{args.file}: {args.ns} does not exist yet: a plain document needs --kind "
+                          "routes|config (or write an envelope {kind, doc, message})")
     else:
         body = {"kind": args.kind, "doc": data}
     if args.message is not None:
@@ -114,18 +121,23 @@ def author_of(args: argparse.Namespace) -> str:
 
 async def cmd_push(args: argparse.Namespace, client: Client) -> int:
     ns = namespace(args.ns)
-    body = push_body(parse_source(args.file, read_source(args.file)), args)
+    data = envelope.strip_identity(parse_source(args.file, read_source(args.file)), ns, args.file)
+    if not args.kind and envelope.needs_kind(data):  # an existing namespace keeps its kind
+        args.kind = await envelope.existing_kind(client, ns)
+    body = push_body(data, args)
     release = await client.call("PUT", f"/v1/namespaces/{ns}", body=body, if_revision=args.if_revision)
     emit(out.to_json(release) if args.json else
          f"pushed {ns} revision {release['revision']} (version {release['version']})")
-    return EXIT_OK
+    return await after_write(args, client, ns, release["revision"])
 
 
 async def cmd_get(args: argparse.Namespace, client: Client) -> int:
     ns = namespace(args.ns)
     params = {"revision": str(args.revision)} if args.revision is not None else None
     release = await client.call("GET", f"/v1/namespaces/{ns}", params=params)
-    if args.json:
+    if args.output:  # an envelope that push and apply take back unchanged
+        sys.stdout.write(envelope.render(release, args.output))
+    elif args.json:
         emit(out.to_json(release))
     elif args.format == "json":
         emit(out.document(release.get("doc"), "json").rstrip("\n"))
@@ -185,7 +197,7 @@ async def cmd_rollback(args: argparse.Namespace, client: Client) -> int:
     release = await client.call("POST", f"/v1/namespaces/{ns}/rollback", body=body, if_revision=args.if_revision)
     emit(out.to_json(release) if args.json else
          f"rolled back {ns} to revision {args.to_revision} as revision {release['revision']}")
-    return EXIT_OK
+    return await after_write(args, client, ns, release["revision"])
 
 
 async def cmd_delete(args: argparse.Namespace, client: Client) -> int:
@@ -223,7 +235,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .dev import run_serve
 
     return run_serve(args.config, listen=args.listen, etcd=args.etcd, prefix=args.prefix,
-                     tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca)
+                     tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                     workers=args.workers)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -286,6 +299,8 @@ def add_local_commands(sub: Any) -> None:
     serve.add_argument("--listen", metavar="HOST:PORT", help="listen address (env CONFIGCENTER_LISTEN)")
     serve.add_argument("--etcd", metavar="URL[,URL]", help="etcd endpoints (env CONFIGCENTER_ETCD)")
     serve.add_argument("--prefix", metavar="P", help="etcd key prefix (env CONFIGCENTER_PREFIX)")
+    serve.add_argument("--workers", type=positive_int, metavar="N",
+                       help="server processes sharing the port (SO_REUSEPORT; env CONFIGCENTER_WORKERS; default 1)")
     for flag, text in (("--tls-cert", "serve HTTPS with this certificate chain"), ("--tls-key", "its private key"),
                        ("--tls-client-ca", "require client certificates from this CA (mTLS)")):
         serve.add_argument(flag, metavar="FILE", help=f"{text} (env CONFIGCENTER_{flag[2:].replace('-', '_').upper()})")
@@ -310,6 +325,8 @@ def add_read_commands(sub: Any) -> None:
     get.add_argument("ns")
     get.add_argument("--revision", type=positive_int, metavar="R", help="a past release instead of the current")
     get.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    get.add_argument("-o", "--output", choices=("yaml", "json"), help="an envelope {namespace, kind, revision, doc} "
+                     "that push and apply accept unchanged")
     lst = add_remote(sub, "list", cmd_list, "list namespaces")
     lst.add_argument("--prefix", metavar="P", help="only namespaces under P (ends with '/')")
     hist = add_remote(sub, "history", cmd_history, "releases of a namespace, newest first")
@@ -336,10 +353,12 @@ def add_write_commands(sub: Any) -> None:
     push.add_argument("file", metavar="FILE")
     push.add_argument("--kind", choices=KINDS, help="required when FILE is a plain document")
     add_write_flags(push)
+    add_wait_flags(push)
     rollback = add_remote(sub, "rollback", cmd_rollback, "republish an earlier release")
     rollback.add_argument("ns")
     rollback.add_argument("--to-revision", type=positive_int, required=True, metavar="R")
     add_write_flags(rollback)
+    add_wait_flags(rollback)
     delete = add_remote(sub, "delete", cmd_delete, "delete a namespace (its history stays)")
     delete.add_argument("ns")
     add_write_flags(delete)
@@ -349,12 +368,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="configcenter", parents=[global_flags(False)],
         description="Config center fronting etcd: run the server, push and inspect documents.",
-        epilog="exit codes: 0 ok, 1 server error, 2 usage/input error, 3 server unreachable, 4 precondition failed",
+        epilog="exit codes: 0 ok, 1 server error, 2 usage/input error, 3 server unreachable, 4 precondition failed, "
+               "5 rollout rejected, 6 rollout wait timed out",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_local_commands(sub)
     add_write_commands(sub)
     add_read_commands(sub)
+    add_rollout_command(sub, add_remote)
+    add_apply_command(sub, add_remote)
+    add_edit_command(sub, add_remote)
+    add_schema_command(sub, add_remote)
     return parser
 
 

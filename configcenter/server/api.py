@@ -27,10 +27,12 @@ from .audit import request_info
 from .auth import Action, Principal
 from .changes import ResumePoint, parse_resume_id
 from .runtime import RUNTIME, Runtime
+from .schema_store import check_push
 
 log = logging.getLogger("configcenter.api")
 NS = "{ns:.+}"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_INT64_MAX = 2**63 - 1
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -66,8 +68,10 @@ def int_param(request: web.Request, name: str, default: int | None = None, minim
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    if not (raw.isascii() and raw.isdigit()) or int(raw) < minimum:  # isdigit alone admits '²', int() refuses it
-        raise errors.InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {raw!r}", parameter=name)
+    # isdigit alone admits '²', int() refuses it; etcd revisions are int64 (and orjson cannot echo more)
+    if not (raw.isascii() and raw.isdigit()) or not minimum <= int(raw) <= _INT64_MAX:
+        raise errors.InvalidArgumentError(f"{name} must be an integer from {minimum} to {_INT64_MAX}, "
+                                          f"got {raw[:40]!r}", parameter=name)
     return int(raw)
 
 
@@ -76,8 +80,8 @@ def if_match(request: web.Request) -> int | None:
     if raw is None:
         return None
     value = raw.strip().strip('"')
-    if not (value.isascii() and value.isdigit()):
-        raise errors.InvalidArgumentError(f"If-Match must be a revision number, got {raw!r}")
+    if not (value.isascii() and value.isdigit()) or len(value) > 19:  # revisions are int64: at most 19 digits
+        raise errors.InvalidArgumentError(f"If-Match must be a revision number, got {raw[:40]!r}")
     return int(value)
 
 
@@ -114,8 +118,13 @@ async def push(request: web.Request) -> web.Response:
     runtime = rt(request)
     _, ns = authorized(request, "push")
     envelope = parse_envelope(await read_body(request))
+    if envelope.namespace is not None and envelope.namespace != ns:
+        raise errors.SchemaViolationError(
+            f"the envelope is for namespace {envelope.namespace!r}, not {ns!r}",
+            violations=[{"path": "$.namespace", "message": f"must be {ns!r} (the namespace pushed to)"}])
     await runtime.offload(validate_document, envelope.kind, envelope.doc,
                           max_regex_program_size=runtime.settings.limits.max_regex_program_size)
+    await check_push(request, ns, envelope.kind, envelope.doc)  # the namespace's own schema (schema_store)
     release = await runtime.store.push(
         ns, envelope.kind, envelope.doc, author=envelope.author, message=envelope.message, if_match=if_match(request),
         origin=request_info(request).origin(),

@@ -571,7 +571,8 @@ def test_examples(path: Path) -> None:
     ns = first.removeprefix("# namespace: ")
     assert 1 <= len(ns.split("/")) <= 4
     envelope = YAML(typ="safe").load(path.read_text())
-    assert set(envelope) <= {"kind", "doc", "message", "author"}
+    assert set(envelope) <= {"namespace", "kind", "doc", "message", "author"}
+    assert envelope["namespace"] == ns  # what `configcenter apply examples/` publishes it as
     assert envelope["kind"] in ("routes", "config")
     if envelope["kind"] == "routes":
         _validator(SCHEMA).validate(envelope["doc"])

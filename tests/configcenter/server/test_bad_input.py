@@ -19,6 +19,7 @@ import aiohttp
 import orjson
 import pytest
 
+from configcenter.server.settings import Limits
 from helpers import READER, WRITER, RunningServer, SSEStream, envelope
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "bad-input.md"
@@ -38,6 +39,7 @@ class Row:
     headers: dict[str, str] = field(default_factory=dict)
     token: str | None = WRITER
     expect: str = ""  # must appear in the JSON of the error (message or details)
+    settings: dict[str, Any] = field(default_factory=dict)  # server settings other than the tests' defaults
 
 
 def js(data: Any) -> bytes:
@@ -68,6 +70,7 @@ def nested_json(depth: int) -> bytes:
 
 
 NS = "/v1/namespaces"
+SCHEMAS = "/v1/schemas"
 ROWS = [
     # --- the body: syntax, envelope, document
     Row("invalid-yaml", "PUT", f"{NS}/a/cfg", 400, "invalid_body", b"kind: config\ndoc: [oops\n", YAML),
@@ -100,6 +103,9 @@ ROWS = [
     Row("bad-prefix", "GET", f"{NS}?prefix=payment", 400, "invalid_namespace"),
     # --- size
     Row("oversized-body", "PUT", f"{NS}/a/cfg", 413, "payload_too_large", js(envelope({"blob": "x" * 100_000}))),
+    Row("oversized-release", "PUT", f"{NS}/a/cfg", 413, "payload_too_large",
+        js({"kind": "config", "doc": {"blob": "x" * 700_000}, "message": "m" * 120_000}),
+        settings={"limits": Limits()}, expect="etcd.max_request_bytes"),
     Row("oversized-route-body", "POST", f"{NS}/seed/routes/route", 413, "payload_too_large",
         js({"headers": {"x": "y" * 100_000}})),
     # --- If-Match
@@ -155,16 +161,50 @@ ROWS = [
     Row("last-event-id-garbage", "GET", "/v1/watch", 400, "invalid_argument", headers={"Last-Event-ID": "abc"}),
     Row("last-event-id-unicode-digit", "GET", "/v1/watch", 400, "invalid_argument",
         headers={"Last-Event-ID": "\u00b2"}),
+    # --- envelopes as `configcenter get -o` writes them, and per-namespace schemas (seed: strict/ has one)
+    Row("envelope-namespace-mismatch", "PUT", f"{NS}/a/cfg", 422, "schema_violation",
+        js({"namespace": "b/cfg", "kind": "config", "doc": {}}), expect='"path":"$.namespace"'),
+    Row("envelope-revision-not-a-number", "PUT", f"{NS}/a/cfg", 400, "invalid_body",
+        js({"revision": "x", "kind": "config", "doc": {}})),
+    Row("config-violates-namespace-schema", "PUT", f"{NS}/strict/cfg", 422, "schema_violation",
+        js(envelope({"v": "x"})), expect='"path":"$.v"'),
+    Row("schema-invalid-json-schema", "PUT", f"{SCHEMAS}/a/", 422, "schema_violation",
+        js({"schema": {"type": "nope"}}), expect='"path":"$.type"'),
+    Row("schema-external-ref", "PUT", f"{SCHEMAS}/a/", 422, "schema_violation",
+        js({"schema": {"$ref": "https://example.com/s.json"}}), expect="only local refs"),
+    Row("schema-dangling-ref", "PUT", f"{SCHEMAS}/a/", 422, "schema_violation",
+        js({"schema": {"$ref": "#/$defs/nope"}}), expect="unresolvable reference"),
+    Row("schema-self-reference", "PUT", f"{SCHEMAS}/a/", 422, "schema_violation",
+        js({"schema": {"$ref": "#"}}), expect="cannot be evaluated"),
+    Row("schema-regex-re2-cannot-compile", "PUT", f"{SCHEMAS}/a/", 422, "schema_violation",
+        js({"schema": {"properties": {"x": {"pattern": "(a)\\1"}}}}), expect='"path":"$.properties.x.pattern"'),
+    Row("schema-not-a-mapping", "PUT", f"{SCHEMAS}/a/", 400, "invalid_body", js({"schema": [1]})),
+    Row("schema-unknown-field", "PUT", f"{SCHEMAS}/a/", 400, "invalid_body", js({"schema": {}, "extra": 1})),
+    Row("schema-nested-5000", "PUT", f"{SCHEMAS}/a/", 400, "invalid_body",
+        b'{"schema": ' + nested_json(5000) + b"}"),
+    Row("schema-oversized", "PUT", f"{SCHEMAS}/a/", 413, "payload_too_large",
+        js({"schema": {"description": "x" * 100_000}})),
+    Row("schema-bad-target", "PUT", f"{SCHEMAS}/Bad_Name", 400, "invalid_namespace", js({"schema": {}})),
+    Row("schema-bad-force", "PUT", f"{SCHEMAS}/a/?force=yes", 400, "invalid_argument", js({"schema": {}})),
+    Row("schema-violated-by-current-documents", "PUT", f"{SCHEMAS}/seed/", 409, "conflict",
+        js({"schema": {"required": ["nope"]}}), expect='"ns":"seed/cfg"'),
+    Row("schema-write-with-reader-token", "PUT", f"{SCHEMAS}/a/", 403, "forbidden", js({"schema": {}}),
+        token=READER),
+    Row("schema-delete-unknown", "DELETE", f"{SCHEMAS}/never/", 404, "not_found"),
 ]
 
 
 async def seed(server: RunningServer, http: aiohttp.ClientSession) -> int:
-    """seed/cfg (two releases), seed/routes, seed/gone (pushed then deleted); returns the deletion's revision."""
+    """seed/cfg (two releases), seed/routes, seed/gone (pushed then deleted), a schema for strict/ (`v` an
+    integer); returns the deletion's revision."""
     base, auth = f"{server.url}{NS}", server.auth()
     for path, body in [("seed/cfg", envelope({"v": 0})), ("seed/cfg", envelope({"v": 1})),
                        ("seed/routes", orjson.loads(routes())), ("seed/gone", envelope({"v": 0}))]:
         async with http.put(f"{base}/{path}", json=body, headers=auth) as resp:
             assert resp.status in (200, 201), await resp.text()
+    strict = {"schema": {"properties": {"v": {"type": "integer"}}}}
+    async with http.put(f"{server.url}{SCHEMAS}/strict/", json=strict, headers=auth) as resp:
+        assert resp.status == 201, await resp.text()
     async with http.delete(f"{base}/seed/gone", headers=auth) as resp:
         assert resp.status == 200, await resp.text()
         return int((await resp.json())["revision"])
@@ -179,8 +219,9 @@ def request_headers(row: Row) -> dict[str, str]:
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
 async def test_bad_input_gets_its_status_and_code_and_writes_nothing(
-    server: RunningServer, http: aiohttp.ClientSession, row: Row,
+    make_server: Any, http: aiohttp.ClientSession, row: Row,
 ) -> None:
+    server: RunningServer = await make_server(**row.settings)
     deleted = await seed(server, http)
     body = row.body.replace(b"{deleted}", str(deleted).encode())
     before = await server.runtime.store.current_revision()
