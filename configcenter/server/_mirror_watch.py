@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Set
+from collections.abc import AsyncGenerator, Awaitable, Callable, Set
 from typing import Any
 
 from etcd3aio import Etcd3Client, prefix_range_end
@@ -86,7 +86,7 @@ class WatchSession:
         if self._call is not None:
             self._call.cancel()
 
-    async def responses(self) -> AsyncIterator[Any]:
+    async def responses(self) -> AsyncGenerator[Any, None]:
         create = _etcd.WatchCreateRequest(
             key=self._prefix, range_end=prefix_range_end(self._prefix),
             start_revision=self._start, progress_notify=True,
