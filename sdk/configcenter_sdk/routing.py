@@ -183,11 +183,13 @@ class RouteTable:
     hash_seed: str = DEFAULT_HASH_SEED
     _plan: tuple[_Step, ...] = field(init=False, repr=False, compare=False)
     _index: RuleIndex = field(init=False, repr=False, compare=False)
+    _selections: dict[int, tuple[_Step, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         plan = (*(_step(r.headers, r.percent, r.route) for r in self.rules), _step((), None, self.default))
         object.__setattr__(self, "_plan", plan)  # frozen: set once, here
         object.__setattr__(self, "_index", RuleIndex.build(self.rules))
+        object.__setattr__(self, "_selections", {})
 
     def route(self, headers: Mapping[str, str]) -> RouteDecision:
         """Pick the route for a request with these headers (names case-insensitive).
@@ -195,18 +197,15 @@ class RouteTable:
         Only the rules the index cannot rule out are evaluated, in table order, so the answer
         is the first matching rule's, exactly as if every rule were tried.
         """
-        h: dict[str, str] = {}
-        candidates = self._index.unconditional
-        keyed = self._index.keyed
-        if headers:
-            for raw_name, value in headers.items():
-                name = raw_name.lower()
-                h[name] = value
-                entry = keyed.get(name)
-                if entry is not None:
-                    candidates |= entry[0] | entry[1].get(value, 0)
-        plan = self._plan
-        steps = plan if candidates == self._index.everything else _selected(plan, candidates)
+        index = self._index
+        h = {name.lower(): value for name, value in headers.items()} if headers else {}
+        candidates = index.unconditional
+        keyed = index.keyed
+        for name in h:
+            entry = keyed.get(name)
+            if entry is not None:
+                candidates |= entry[0] | entry[1].get(h[name], 0)
+        steps = self._plan if candidates == index.everything else self._steps_of(candidates)
         get = h.get
         for conds, percent, target in steps:
             for cond_name, test, on_absent, want in conds:
@@ -221,6 +220,21 @@ class RouteTable:
                         continue
                 return target if isinstance(target, RouteDecision) else target(h)
         raise AssertionError("unreachable: the default route is always a candidate")
+
+
+    def _steps_of(self, candidates: int) -> tuple[_Step, ...]:
+        """The candidate steps in table order, remembered per candidate set: requests repeat a
+        few header shapes.  At most ``_MAX_SELECTIONS`` are kept (header values are the caller's
+        to choose), past that each is computed afresh; a dict store is atomic under the GIL."""
+        steps = self._selections.get(candidates)
+        if steps is None:
+            steps = tuple(_selected(self._plan, candidates))
+            if len(self._selections) < _MAX_SELECTIONS:
+                self._selections[candidates] = steps
+        return steps
+
+
+_MAX_SELECTIONS = 256
 
 
 def _selected(plan: tuple[_Step, ...], candidates: int) -> Iterator[_Step]:

@@ -668,3 +668,19 @@ def test_rule_index_keeps_first_match_order_across_indexed_and_unindexed_rules()
     assert [table.route(h).rule_id for h, _ in cases] == [want for _, want in cases]
     only_percent = compile_table({**doc, "rules": doc["rules"][4:]}, 1)
     assert only_percent.route({"X-U": "u"}).rule_id == "pct" and only_percent.route({}).rule_id == "default"
+
+
+def test_remembered_candidate_sets_are_bounded_and_answers_stay_first_match() -> None:
+    """Header names are the caller's: 1,024 different sets of present headers give 1,024 candidate
+    sets; the table remembers at most 256 of them and answers every one by first match."""
+    names = [f"x-h{i}" for i in range(10)]
+    doc = {"service": "s", "default": {"cluster": "fallback"},
+           "rules": [{"id": f"r{i}", "match": {"headers": [{"name": n, "present": True}]},
+                      "route": {"cluster": f"c{i}"}} for i, n in enumerate(names)]}
+    table = compile_table(doc, revision=3)
+    for subset in range(1 << len(names)):
+        headers = {names[i].upper(): "1" for i in range(len(names)) if subset >> i & 1}
+        first = (subset & -subset).bit_length() - 1
+        want = f"c{first}" if subset else "fallback"
+        assert table.route(headers).cluster == want, headers
+    assert 0 < len(table._selections) <= 256
