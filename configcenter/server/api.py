@@ -253,7 +253,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     runtime = rt(request)
     runtime.metrics.set("configcenter_stale_seconds", runtime.mirror.stale_seconds())
-    return web.Response(text=runtime.metrics.render(), content_type="text/plain", charset="utf-8",
+    return web.Response(text=runtime.metrics.render().decode(), content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
 
 

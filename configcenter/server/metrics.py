@@ -1,13 +1,22 @@
-"""Prometheus text exposition for a handful of counters, gauges and one latency histogram.
+"""The server's metrics: plain numbers on the hot path, exposed through ``prometheus-client``.
 
-A few dozen lines do the job here; the official client library would add a
-dependency and a registry model the server does not need.
+Why two layers: the hub counts every delivered change and observes its latency once per
+change *per selection* (``observe_propagation(seconds, count)``); a float add and a bisect
+are all that path can afford.  ``prometheus-client`` is used where it does a real job: at
+scrape time a custom collector turns these numbers into standard metric families (counter,
+gauge, histogram, labelled gauges), the library adds the process metrics (CPU, memory, open
+files) and renders the exposition format.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _HELP = {
     "configcenter_applied_revision": ("gauge", "etcd revision up to which the mirror has applied every change"),
@@ -38,16 +47,17 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 
 
 class Metrics:
-    """Counters and gauges by name, one histogram; ``render()`` gives Prometheus text format 0.0.4."""
+    """Counters and gauges by name, one histogram; ``render()`` gives the Prometheus text format."""
 
     def __init__(self, *, _nested: bool = False) -> None:
         self.values: dict[str, float] = defaultdict(float)
         self._bucket_counts = [0] * (len(_BUCKETS) + 1)
         self._sum = 0.0
         self._count = 0
-        self.series: dict[str, dict[str, float]] = {}  # labelled gauges: name -> {'ns="a/b"': value}
+        self.series: dict[str, tuple[str, dict[str, float]]] = {}  # labelled gauges: name -> (label, {value: n})
         # the ack histogram is a second Metrics whose own histogram state is used (nested: no further one)
         self._ack: Metrics = self if _nested else Metrics(_nested=True)
+        self._registry: CollectorRegistry | None = None
 
     def inc(self, name: str, by: float = 1.0) -> None:
         self.values[name] += by
@@ -62,28 +72,49 @@ class Metrics:
         self._count += count
 
     def set_series(self, name: str, label: str, values: dict[str, float]) -> None:
-        """Replace the whole family ``name{label="..."}`` (label values must not need escaping)."""
-        self.series[name] = {f'{label}="{key}"': value for key, value in values.items()}
+        """Replace the whole family ``name{label="..."}``."""
+        self.series[name] = (label, dict(values))
 
     def observe_ack(self, seconds: float) -> None:
         self._ack.observe_propagation(seconds)
 
-    def render(self) -> str:
-        lines: list[str] = []
-        for name, (kind, text) in _HELP.items():
-            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-            if kind == "histogram":
-                lines += (self._ack if name == "configcenter_rollout_ack_seconds" else self)._histogram_lines(name)
-            elif name in self.series:
-                lines += [f"{name}{{{labels}}} {value:g}" for labels, value in sorted(self.series[name].items())]
-            else:
-                lines.append(f"{name} {self.values.get(name, 0):g}")
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        """The exposition text of these metrics and the process's (``generate_latest``)."""
+        if self._registry is None:
+            self._registry = CollectorRegistry(auto_describe=False)
+            self._registry.register(_Families(self))
+            ProcessCollector(registry=self._registry)
+        return generate_latest(self._registry)
 
-    def _histogram_lines(self, name: str) -> list[str]:
-        lines, running = [], 0
+    def families(self) -> Iterator[Metric]:
+        for name, (kind, text) in _HELP.items():
+            if kind == "histogram":
+                source = self._ack if name == "configcenter_rollout_ack_seconds" else self
+                yield source._histogram(name, text)
+            elif name in self.series:
+                label, values = self.series[name]
+                family = GaugeMetricFamily(name, text, labels=[label])
+                for key, value in sorted(values.items()):
+                    family.add_metric([key], value)
+                yield family
+            elif kind == "counter":
+                yield CounterMetricFamily(name, text, value=self.values.get(name, 0))
+            else:
+                yield GaugeMetricFamily(name, text, value=self.values.get(name, 0))
+
+    def _histogram(self, name: str, text: str) -> HistogramMetricFamily:
+        buckets, running = [], 0
         for bound, count in zip((*_BUCKETS, float("inf")), self._bucket_counts, strict=True):
             running += count
-            label = "+Inf" if bound == float("inf") else f"{bound:g}"
-            lines.append(f'{name}_bucket{{le="{label}"}} {running}')
-        return [*lines, f"{name}_sum {self._sum:g}", f"{name}_count {self._count}"]
+            buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", running))
+        return HistogramMetricFamily(name, text, buckets=buckets, sum_value=self._sum)
+
+
+class _Families(Collector):
+    """What a scrape reads from a ``Metrics`` (registered in its own registry)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self._metrics.families()

@@ -157,8 +157,8 @@ async def test_failures_and_denials_are_counted(make_server: Any, http: aiohttp.
         assert resp.status == 403
     async with http.get(f"{server.url}/metrics") as resp:
         metrics = dict(line.split(" ") for line in (await resp.text()).splitlines() if not line.startswith("#"))
-    assert metrics["configcenter_auth_failures_total"] == "3"
-    assert metrics["configcenter_auth_denied_total"] == "1"
+    assert float(metrics["configcenter_auth_failures_total"]) == 3
+    assert float(metrics["configcenter_auth_denied_total"]) == 1
 
 
 async def test_no_admin_means_deletes_disabled(make_server: Any, http: aiohttp.ClientSession) -> None:

@@ -191,12 +191,12 @@ async def test_metrics_pending_rejected_and_ack_latency(replicas: tuple[RunningS
         async def exposed() -> str | None:
             async with http.get(f"{a.url}/metrics") as resp:
                 text = await resp.text()
-            return text if 'configcenter_rollout_rejected_instances{ns="payment/routes"} 1' in text else None
+            return text if 'configcenter_rollout_rejected_instances{ns="payment/routes"} 1.0' in text else None
 
         text = await eventually(exposed, timeout=10)
-    assert 'configcenter_rollout_pending_instances{ns="payment/routes"} 0' in text
+    assert 'configcenter_rollout_pending_instances{ns="payment/routes"} 0.0' in text
     count = next(line for line in text.splitlines() if line.startswith("configcenter_rollout_ack_seconds_count"))
-    assert int(count.split()[1]) >= 1  # the instance that applied v2 acknowledged it
+    assert float(count.split()[1]) >= 1  # the instance that applied v2 acknowledged it
 
 
 @pytest.fixture
