@@ -456,7 +456,7 @@ class ChaosRun:
                 stream.feed(rec)
                 callbacks.feed(rec)
             stream.finish(final=last and final is not None)
-            callbacks.finish(final["state"] if last and final is not None else None)
+            callbacks.finish(final["state"] if last and final is not None else None, exited=not last)
             stats = {**stream.stats, **callbacks.stats}
             if final is not None:
                 stats.update(sdk_gaps=final.get("gaps"), sdk_duplicates=final.get("dups"),

@@ -160,12 +160,12 @@ def test_ids_are_parsed_with_or_without_a_cluster() -> None:
 
 
 def callbacks(records: list[dict[str, Any]], t: Truth = T, corrupted: tuple[str, ...] = (),
-              final: dict[str, list[Any]] | None = None) -> list[dict[str, Any]]:
+              final: dict[str, list[Any]] | None = None, exited: bool = False) -> list[dict[str, Any]]:
     violations: list[dict[str, Any]] = []
     cb = CallbackCheck("c", APP, t, violations, corrupted)
     for rec in records:
         cb.feed(rec)
-    cb.finish(final)
+    cb.finish(final, exited=exited)
     return violations
 
 
@@ -186,6 +186,14 @@ def test_sdk_callbacks_once_per_adopted_revision() -> None:
     assert kinds(violations) == ["callback_missing", "callbacks_final_state_differs", "sdk_final_state_differs"]
     assert all(bug_signature(v) == "sdk-same-revision" for v in violations)
     assert all(known_bug(v) is None for v in violations)  # fixed: its symptoms fail a run again
+
+
+def test_a_callback_cut_by_a_kill_is_owed_by_the_next_incarnation_not_this_one() -> None:
+    killed_before_calling_back = SDK_GOOD[:3]  # the change at 10 arrived, SIGKILL before its callback
+    assert callbacks(killed_before_calling_back, exited=True) == []
+    assert kinds(callbacks(killed_before_calling_back)) == ["callback_missing"]  # the last incarnation owes it
+    missed_mid_run = [r for r in SDK_GOOD if r != cb("app/a", 10, "a1")]  # later frames came: not an exit
+    assert "callback_missing" in kinds(callbacks(missed_mid_run, exited=True))
 
 
 def test_sdk_must_not_load_a_corrupted_snapshot() -> None:
