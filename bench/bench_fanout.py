@@ -52,6 +52,10 @@ def serve(settings: Settings) -> None:
 
     if settings.workers > 1:
         run_workers(settings)
+    elif os.environ.get("BENCH_LOOP") == "uvloop":  # the server on uvloop, for a same-machine comparison
+        import uvloop
+
+        uvloop.run(serve_forever(settings))
     else:
         asyncio.run(serve_forever(settings))
 

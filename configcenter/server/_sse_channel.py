@@ -18,6 +18,7 @@ the subscriber's task deliver, with backpressure, via ``write``.
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
@@ -44,8 +45,8 @@ class SseChannel:
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the subscriber went away")
-        assert isinstance(transport, asyncio.Transport)
-        return cls(transport, chunked=chunked)
+        # duck-typed: uvloop's TCPTransport has the same methods but is not an asyncio.Transport subclass
+        return cls(cast(asyncio.Transport, transport), chunked=chunked)
 
     @property
     def closed(self) -> bool:
