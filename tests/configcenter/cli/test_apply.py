@@ -7,9 +7,7 @@ output captured.  "Writes nothing" is checked on etcd's own revision.
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ import aiohttp
 import orjson
 import pytest
 
-from configcenter import cli
+from cli_helpers import run_cli
 from configcenter.cli import apply
 from configcenter.cli.apply_files import load_sources
 from configcenter.cli.client import Client
@@ -27,34 +25,6 @@ from helpers import TEST_PRINCIPALS, WRITER, RunningServer
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 ROUTES = {"service": "shop", "rules": [], "default": {"cluster": "blue"}}
 PLAIN_WRITER = "plain-writer-token"  # role writer: may push, may not delete (prune)
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("CONFIGCENTER_SERVER", "CONFIGCENTER_TOKEN", "CONFIGCENTER_AUTHOR"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def call_main(argv: list[str]) -> int:
-    try:
-        cli.main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    raise AssertionError("cli.main must raise SystemExit")
-
-
-async def run_cli(capsys: pytest.CaptureFixture[str], server: RunningServer, *argv: str,
-                  token: str = WRITER) -> Result:
-    code = await asyncio.to_thread(call_main, ["--server", server.url, "--token", token, *argv])
-    captured = capsys.readouterr()
-    return Result(code, captured.out, captured.err)
 
 
 def write(path: Path, text: str) -> Path:

@@ -10,7 +10,6 @@ import asyncio
 import io
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,48 +17,12 @@ import aiohttp
 import orjson
 import pytest
 
-from configcenter import cli
+from cli_helpers import Result, call_main, run_cli, write
 from configcenter.cli.embedded_etcd import free_port
 from helpers import WRITER, RunningServer
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 NS = "team/app"
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("CONFIGCENTER_SERVER", "CONFIGCENTER_TOKEN", "CONFIGCENTER_AUTHOR"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def call_main(argv: list[str]) -> int:
-    try:
-        cli.main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    raise AssertionError("cli.main must raise SystemExit")
-
-
-async def run_cli(capsys: pytest.CaptureFixture[str], server: RunningServer | None, *argv: str,
-                  token: str | None = WRITER) -> Result:
-    prefix = ["--server", server.url] if server else []
-    prefix += ["--token", token] if token else []
-    code = await asyncio.to_thread(call_main, [*prefix, *argv])
-    captured = capsys.readouterr()
-    return Result(code, captured.out, captured.err)
-
-
-def write(tmp_path: Path, name: str, text: str) -> str:
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
 
 
 def pushed_revision(result: Result) -> int:

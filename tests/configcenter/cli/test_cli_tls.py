@@ -6,45 +6,16 @@ worker thread, its output captured by ``capsys``.
 
 from __future__ import annotations
 
-import asyncio
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from configcenter import cli
-from helpers import WRITER, Certs, RunningServer
+from cli_helpers import run_cli
+from helpers import Certs, RunningServer
 
 NS = "tls/app"
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("SERVER", "TOKEN", "AUTHOR", "CA_FILE", "CLIENT_CERT", "CLIENT_KEY"):
-        monkeypatch.delenv(f"CONFIGCENTER_{name}", raising=False)
-
-
-def call_main(argv: list[str]) -> int:
-    try:
-        cli.main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    raise AssertionError("cli.main must raise SystemExit")
-
-
-async def run_cli(capsys: pytest.CaptureFixture[str], server: RunningServer, *argv: str) -> Result:
-    code = await asyncio.to_thread(call_main, ["--server", server.url, "--token", WRITER, *argv])
-    captured = capsys.readouterr()
-    return Result(code, captured.out, captured.err)
 
 
 async def test_push_get_history_over_https_with_ca_file(

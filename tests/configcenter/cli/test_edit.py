@@ -6,7 +6,6 @@ optionally a concurrent push made while "the user is editing".
 
 from __future__ import annotations
 
-import asyncio
 import json
 import stat
 import sys
@@ -16,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from configcenter import cli
+from cli_helpers import run_cli
 from helpers import WRITER, RunningServer
 
 EDITOR = """#!{python}
@@ -40,12 +39,6 @@ target.write_text(text)
 """
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("CONFIGCENTER_SERVER", "CONFIGCENTER_TOKEN", "CONFIGCENTER_AUTHOR", "VISUAL"):
-        monkeypatch.delenv(name, raising=False)
-
-
 def editor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steps: list[dict[str, Any]]) -> Path:
     """Install the scripted editor with ``steps``; returns its log (one JSON string per opening)."""
     plan, log, script = tmp_path / "plan.json", tmp_path / "editor.log", tmp_path / "editor.py"
@@ -61,16 +54,8 @@ def opened(log: Path) -> list[str]:
 
 
 async def run_edit(capsys: pytest.CaptureFixture[str], server: RunningServer, ns: str) -> tuple[int, str, str]:
-    def call() -> int:
-        try:
-            cli.main(["--server", server.url, "--token", WRITER, "edit", ns])
-        except SystemExit as exc:
-            return int(exc.code or 0)
-        raise AssertionError("cli.main must raise SystemExit")
-
-    code = await asyncio.to_thread(call)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    result = await run_cli(capsys, server, "edit", ns)
+    return result.code, result.out, result.err
 
 
 async def put(http: aiohttp.ClientSession, server: RunningServer, ns: str, kind: str, doc: dict[str, Any]) -> int:

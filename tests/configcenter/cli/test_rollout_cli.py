@@ -6,9 +6,7 @@ why on stderr), 6 (timeout: who is still pending on stderr).
 
 from __future__ import annotations
 
-import asyncio
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +14,11 @@ import aiohttp
 import orjson
 import pytest
 
-from configcenter import cli
+from cli_helpers import run_cli, write
 from configcenter.cli.rollout import EXIT_REJECTED, EXIT_WAIT_TIMEOUT
 from configcenter.server.settings import WatchTuning
 from configcenter_sdk import ConfigClient
-from helpers import WRITER, RunningServer, eventually
+from helpers import RunningServer, eventually
 
 FAST = WatchTuning(progress_interval=0.5, backoff_initial=0.05, backoff_max=0.5, etcd_timeout=2.0, instance_ttl=2.0)
 PLAIN = "kind: routes\ndoc:\n  service: web\n  rules: [{id: all, route: {cluster: v1}}]\n  default: {cluster: v1}\n"
@@ -28,39 +26,6 @@ PLAIN = "kind: routes\ndoc:\n  service: web\n  rules: [{id: all, route: {cluster
 STRICT = ("kind: routes\ndoc:\n  service: web\n  rules:\n"
           "    - {id: rx, match: {headers: [{name: x-release, regex: 'v[0-9]+-(alpha|beta|gamma)'}]},"
           " route: {cluster: canary}}\n  default: {cluster: v2}\n")
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("CONFIGCENTER_SERVER", "CONFIGCENTER_TOKEN", "CONFIGCENTER_AUTHOR"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def call_main(argv: list[str]) -> int:
-    try:
-        cli.main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    raise AssertionError("cli.main must raise SystemExit")
-
-
-async def run_cli(capsys: pytest.CaptureFixture[str], server: RunningServer, *argv: str) -> Result:
-    code = await asyncio.to_thread(call_main, ["--server", server.url, "--token", WRITER, *argv])
-    captured = capsys.readouterr()
-    return Result(code, captured.out, captured.err)
-
-
-def write(tmp_path: Path, name: str, text: str) -> str:
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
 
 
 def sdk(server: RunningServer, service: str, **kw: Any) -> ConfigClient:

@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 import pytest
 
-from configcenter import cli
+from cli_helpers import call_main
 from configcenter.cli.embedded_etcd import EtcdCluster
 from configcenter.server.settings import Limits
 from helpers import RunningServer, SSEStream, envelope, eventually
@@ -273,11 +273,3 @@ async def test_cli_watch_resumes_with_the_full_id(
     lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(e["event"], e["data"].get("ns"), e["data"].get("reason")) for e in lines] == [
         ("change", "cli/b", None), ("reset", None, "cluster_changed"), ("change", "cli/c", None)]
-
-
-def call_main(argv: list[str]) -> int:
-    try:
-        cli.main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    raise AssertionError("cli.main must raise SystemExit")
