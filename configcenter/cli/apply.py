@@ -34,7 +34,7 @@ from ..schema_rules import check_schema, governing, validate_config
 from ..validation import validate_document
 from . import output as out
 from .apply_files import Source, load_sources
-from .client import EXIT_OK, EXIT_PRECONDITION, EXIT_SERVER_ERROR, Client, CliError, usage_error
+from .client import EXIT_OK, EXIT_PRECONDITION, EXIT_SERVER_ERROR, Client, CliError, current_release, usage_error
 from .rollout import add_wait_flags, wait_for_rollout
 
 DEFAULT_MESSAGE = "configcenter apply"
@@ -62,16 +62,6 @@ class Step:
 
 
 # --------------------------------------------------------------------------- plan
-
-
-async def current_release(client: Client, ns: str) -> dict[str, Any] | None:
-    try:
-        release: dict[str, Any] = await client.call("GET", f"/v1/namespaces/{ns}")
-    except CliError as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return release
 
 
 async def server_schemas(client: Client, namespaces: list[str]) -> dict[str, tuple[str, Any]]:

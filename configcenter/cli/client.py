@@ -331,3 +331,14 @@ def _handle_event(event: SseEvent, options: WatchOptions, state: WatchState) -> 
 
 def _note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+async def current_release(client: Client, ns: str) -> dict[str, Any] | None:
+    """The namespace's current release, or None if it does not exist (404); other errors raise."""
+    try:
+        release: dict[str, Any] = await client.call("GET", f"/v1/namespaces/{ns}")
+    except CliError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return release

@@ -26,7 +26,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from ..codec import parse_yaml
 from ..errors import ConfigCenterError
@@ -36,7 +35,7 @@ from ..server.runtime import Runtime, wait_ready
 from ..server.settings import Settings, load_settings, parse_listen
 from ..server.tls import etcd_tls_material, server_ssl_context
 from ..server.workers import WorkersFailed, run_workers
-from .client import EXIT_OK, EXIT_USAGE, Client, CliError
+from .client import EXIT_OK, EXIT_USAGE, Client, CliError, current_release
 from .embedded_etcd import EtcdCluster
 
 NAMESPACE_LINE = re.compile(r"^#\s*namespace:\s*(\S+)\s*$")
@@ -187,7 +186,7 @@ async def load_examples(url: str, token: str, examples: list[Example]) -> list[s
 
 async def _load_one(client: Client, example: Example) -> str:
     try:
-        current = await _current(client, example.ns)
+        current = await current_release(client, example.ns)
         if current is not None:
             return f"kept revision {current['revision']} (version {current['version']}, already present)"
         body = parse_yaml(example.path.read_bytes())
@@ -204,16 +203,6 @@ async def _load_one(client: Client, example: Example) -> str:
         print(f"error: example {example.path}: {message}", file=sys.stderr, flush=True)
         return f"FAILED: {message}"
     return f"loaded revision {release['revision']} (version {release['version']})"
-
-
-async def _current(client: Client, ns: str) -> dict[str, Any] | None:
-    try:
-        release: dict[str, Any] = await client.call("GET", f"/v1/namespaces/{ns}")
-    except CliError as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return release
 
 
 def banner(url: str, token: str, settings: Settings, data_dir: Path, loaded: list[str]) -> str:

@@ -66,20 +66,25 @@ def needs_kind(data: Any) -> bool:
 
 
 def parse_file(path: Path, text: bytes | None = None) -> Any:
-    """Parse a file (YAML, JSON for ``*.json``) with the server's limits; exit 2 on any problem."""
-    name = str(path)
+    """Read (unless ``text`` is given) and parse a file; exit 2 on any problem (``parse_source``)."""
     try:
         raw = path.read_bytes() if text is None else text
     except OSError as exc:
-        raise usage_error(f"{name}: cannot read: {exc.strerror or exc}") from exc
+        raise usage_error(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    return parse_source(str(path), raw)
+
+
+def parse_source(source: str, raw: bytes) -> Any:
+    """Parse YAML (JSON for ``*.json``) locally with the server's limits, so a broken file never
+    reaches the server; exit 2 naming ``source`` (and the line and column where known)."""
     try:
-        data = parse_json(raw) if name.endswith(".json") else parse_yaml(raw)
+        data = parse_json(raw) if source.endswith(".json") else parse_yaml(raw)
     except UnicodeDecodeError as exc:
-        raise usage_error(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        raise usage_error(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except (InvalidBodyError, PayloadTooLargeError) as exc:
         where = exc.details
         suffix = f" (line {where['line']}, column {where['column']})" if "line" in where else ""
-        raise usage_error(f"{name}: {exc.message}{suffix}") from exc
+        raise usage_error(f"{source}: {exc.message}{suffix}") from exc
     if data is None:
-        raise usage_error(f"{name}: the file is empty")
+        raise usage_error(f"{source}: the file is empty")
     return data

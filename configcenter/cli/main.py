@@ -19,8 +19,7 @@ from typing import Any
 
 from configcenter_sdk._tls import client_ssl_context
 
-from ..codec import parse_json, parse_yaml
-from ..errors import ConfigCenterError, InvalidBodyError, PayloadTooLargeError
+from ..errors import ConfigCenterError
 from ..model import KINDS, validate_namespace, validate_prefix
 from . import envelope
 from . import output as out
@@ -32,7 +31,6 @@ from .schema_cli import add_schema_command
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 30.0
-ENVELOPE_KEYS = envelope.ENVELOPE_KEYS  # namespace and revision are stripped before sending
 Handler = Callable[[argparse.Namespace, Client], Awaitable[int]]
 
 
@@ -60,28 +58,9 @@ def read_source(source: str) -> bytes:
         raise usage_error(f"{source}: cannot read: {exc.strerror or exc}") from exc
 
 
-def parse_source(source: str, raw: bytes) -> Any:
-    """Parse YAML (or JSON for ``*.json``) locally so a broken file never reaches the server."""
-    try:
-        data = parse_json(raw) if source.endswith(".json") else parse_yaml(raw)
-    except UnicodeDecodeError as exc:
-        raise usage_error(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except (InvalidBodyError, PayloadTooLargeError) as exc:
-        where = exc.details
-        suffix = f" (line {where['line']}, column {where['column']})" if "line" in where else ""
-        raise usage_error(f"{source}: {exc.message}{suffix}") from exc
-    if data is None:
-        raise usage_error(f"{source}: the file is empty")
-    return data
-
-
-def is_envelope(data: Any) -> bool:
-    return isinstance(data, dict) and "doc" in data and set(data) <= ENVELOPE_KEYS
-
-
 def push_body(data: Any, args: argparse.Namespace) -> dict[str, Any]:
     """The ``{kind, doc, message?, author?}`` body from a parsed file plus the flags."""
-    if is_envelope(data):
+    if envelope.is_envelope(data):
         body = dict(data)
         if args.kind and body.get("kind", args.kind) != args.kind:
             raise usage_error(f"{args.file}: envelope says kind {body['kind']!r} but --kind is {args.kind!r}")
@@ -121,7 +100,7 @@ def author_of(args: argparse.Namespace) -> str:
 
 async def cmd_push(args: argparse.Namespace, client: Client) -> int:
     ns = namespace(args.ns)
-    data = envelope.strip_identity(parse_source(args.file, read_source(args.file)), ns, args.file)
+    data = envelope.strip_identity(envelope.parse_source(args.file, read_source(args.file)), ns, args.file)
     if not args.kind and envelope.needs_kind(data):  # an existing namespace keeps its kind
         args.kind = await envelope.existing_kind(client, ns)
     body = push_body(data, args)
