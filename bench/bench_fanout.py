@@ -29,9 +29,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
@@ -40,6 +38,7 @@ from configcenter.server.settings import Limits, Settings, WatchTuning
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _fanout_clients import client_process
+from _procs import ClientProcesses
 
 TOKEN = "bench-writer"
 
@@ -128,38 +127,6 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-class Clients:
-    """K subscriber processes of one kind ("sse" or "etcd") holding ``total`` subscribers."""
-
-    def __init__(self, kind: str, total: int, procs: int, target: str, ns: str) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.pipes: list[Connection] = []
-        self.procs: list[Any] = []
-        for i in range(procs):
-            count = total // procs + (1 if i < total % procs else 0)
-            ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=client_process, args=(kind, count, target, ns, theirs), daemon=True)
-            proc.start()
-            self.pipes.append(ours)
-            self.procs.append(proc)
-
-    async def ready(self) -> None:
-        for pipe in self.pipes:
-            if await asyncio.wait_for(asyncio.to_thread(pipe.recv), 180) != "ready":
-                raise RuntimeError("a client process failed to connect its subscribers")
-
-    async def results(self) -> dict[int, list[float]]:
-        merged: dict[int, list[float]] = {}
-        for pipe in self.pipes:
-            pipe.send("stop")
-        for pipe in self.pipes:
-            for revision, times in (await asyncio.to_thread(pipe.recv)).items():
-                merged.setdefault(revision, []).extend(times)
-        for proc in self.procs:
-            proc.join(10)
-        return merged
-
-
 async def rounds_via_api(url: str, ns: str, rounds: int) -> dict[int, float]:
     started: dict[int, float] = {}
     async with aiohttp.ClientSession() as http:
@@ -193,13 +160,14 @@ async def measure(kind: str, target: str, subscribers: int, procs: int, rounds: 
                   pids: dict[str, int] | None = None) -> Result:
     """``pids``: processes (label -> pid, descendants included) whose CPU time during the rounds is reported."""
     ns = f"bench/{kind}{subscribers}x{procs}"
-    clients = Clients(kind, subscribers, procs, target, ns)
-    await clients.ready()
+    clients = ClientProcesses(client_process, subscribers, procs,
+                              lambda _first, count, pipe: (kind, count, target, ns, pipe))
+    await clients.ready(180)
     spread = await subscribers_per_worker(target, workers, subscribers) if kind == "sse" and workers > 1 else ""
     before = {label: cpu_seconds(pid) for label, pid in (pids or {}).items()}
     started = await (rounds_via_api if kind == "sse" else rounds_via_etcd)(target, ns, rounds)
     cpu = {label: cpu_seconds(pid) - before[label] for label, pid in (pids or {}).items()}
-    received = await clients.results()
+    received = await clients.results(join_timeout=10)
     delays, lasts = [], []
     for revision, start in started.items():
         got = received.get(revision, [])

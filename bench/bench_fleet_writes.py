@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import multiprocessing
 import random
 import sys
 import time
@@ -32,6 +31,7 @@ from configcenter.cli.embedded_etcd import EtcdCluster, free_port
 from configcenter.server.settings import Limits, Settings, WatchTuning
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _procs import ClientProcesses
 from bench_fanout import cpu_seconds, pct, running_server
 from bench_rollout import etcd_revision, metric
 
@@ -79,32 +79,18 @@ def fleet_process(first: int, count: int, url: str, pipe: Connection) -> None:
 
 
 async def run_size(url: str, endpoint: str, pid: int, total: int, args: argparse.Namespace) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    pipes, procs = [], []
-    for i in range(args.procs):
-        ours, theirs = ctx.Pipe()
-        count = total // args.procs + (1 if i < total % args.procs else 0)
-        proc = ctx.Process(target=fleet_process, args=(i * (total // args.procs + 1), count, url, theirs))
-        proc.start()
-        pipes.append(ours)
-        procs.append(proc)
-    for pipe in pipes:
-        await asyncio.to_thread(pipe.recv)
+    fleet = ClientProcesses(fleet_process, total, args.procs, lambda first, count, pipe: (first, count, url, pipe))
+    await fleet.recv_all(600)
     await asyncio.sleep(args.ttl / 3 + 5)  # every instance reported once and its heartbeats are spread
     async with aiohttp.ClientSession() as http:
         names = ("configcenter_instance_writes_total", "configcenter_instance_keepalives_total")
-        for pipe in pipes:
-            pipe.send("measure")
+        fleet.send_all("measure")
         before = [await etcd_revision(endpoint), *[await metric(http, url, n) for n in names], cpu_seconds(pid)]
         await asyncio.sleep(args.window)
         after = [await etcd_revision(endpoint), *[await metric(http, url, n) for n in names], cpu_seconds(pid)]
-    latencies: list[float] = []
-    for pipe in pipes:
-        pipe.send("stop")
-    for pipe in pipes:
-        latencies += await asyncio.to_thread(pipe.recv)
-    for proc in procs:
-        proc.join(60)
+    fleet.send_all("stop")
+    latencies = [latency for answer in await fleet.recv_all(600) for latency in answer]
+    fleet.join(60)
     per_min = [(b - a) * 60 / args.window for a, b in zip(before, after, strict=True)]
     print(f"{total} instances, TTL {args.ttl:g}s, {args.window:g}s window: etcd writes/min {per_min[0]:.1f}, "
           f"instance writes/min {per_min[1]:.1f}, keep-alives/min {per_min[2]:.0f}; report p50 "

@@ -24,13 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import sys
 import time
 import uuid
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
@@ -39,46 +36,12 @@ from configcenter.server.auth import Principal
 from configcenter.server.settings import Settings, WatchTuning
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _procs import ClientProcesses
 from _rollout_clients import client_process
 from bench_fanout import pct, running_server
 
 TOKEN = "bench-writer"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-class Fleet:
-    """``total`` ConfigClients over ``procs`` processes."""
-
-    def __init__(self, total: int, procs: int, url: str, ns: str) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.pipes: list[Connection] = []
-        self.procs: list[Any] = []
-        first = 0
-        for i in range(procs):
-            count = total // procs + (1 if i < total % procs else 0)
-            ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=client_process, args=(first, count, url, ns, theirs), daemon=True)
-            proc.start()
-            first += count
-            self.pipes.append(ours)
-            self.procs.append(proc)
-
-    async def ready(self) -> None:
-        for pipe in self.pipes:
-            answer = await asyncio.wait_for(asyncio.to_thread(pipe.recv), 600)
-            if answer != "ready":
-                raise RuntimeError(f"a client process failed: {answer}")
-
-    async def results(self) -> dict[int, list[float]]:
-        merged: dict[int, list[float]] = {}
-        for pipe in self.pipes:
-            pipe.send("stop")
-        for pipe in self.pipes:
-            for revision, times in (await asyncio.to_thread(pipe.recv)).items():
-                merged.setdefault(revision, []).extend(times)
-        for proc in self.procs:
-            proc.join(60)
-        return merged
 
 
 async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
@@ -144,9 +107,10 @@ async def run_size(url: str, endpoint: str, total: int, args: argparse.Namespace
     ns = f"bench/rollout{total}"
     async with aiohttp.ClientSession() as http:
         await push(http, url, ns, 0)
-        fleet = Fleet(total, min(args.procs, total), url, ns)
         started = time.monotonic()
-        await fleet.ready()
+        fleet = ClientProcesses(client_process, total, min(args.procs, total),
+                                lambda first, count, pipe: (first, count, url, ns, pipe))
+        await fleet.ready(600)
         print(f"\n{total} instances over {min(args.procs, total)} processes ready in {time.monotonic() - started:.1f}s")
         ack_sum, ack_count = (await metric(http, url, "configcenter_rollout_ack_seconds_sum"),
                               await metric(http, url, "configcenter_rollout_ack_seconds_count"))
@@ -154,7 +118,7 @@ async def run_size(url: str, endpoint: str, total: int, args: argparse.Namespace
         ack_sum = await metric(http, url, "configcenter_rollout_ack_seconds_sum") - ack_sum
         ack_count = await metric(http, url, "configcenter_rollout_ack_seconds_count") - ack_count
         quiet = await steady(http, url, endpoint, args.steady)
-        applied = await fleet.results()
+        applied = await fleet.results(join_timeout=60)
     report(total, timed, applied, ack_sum / ack_count if ack_count else float("nan"), int(ack_count), quiet)
 
 
