@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 import grpc
 import grpc.aio
@@ -21,7 +20,7 @@ from etcd3aio import Etcd3Client
 from etcd3aio._protobuf import rpc_pb2, rpc_pb2_grpc
 
 from ..errors import EtcdUnavailableError
-from .etcd import etcd_errors
+from .etcd import RequestStream, etcd_errors
 
 log = logging.getLogger("configcenter.instances")
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
@@ -31,55 +30,24 @@ class LeaseGone(Exception):
     """The lease a put named has expired (etcd: requested lease not found)."""
 
 
-class _Renewals:
-    """The keep-alive call's request stream until ``close()``: an iterator object, not an async
-    generator, so grpc's task consuming it ends when the stream does (as ``_mirror_watch._Requests``:
-    a generator left suspended there is destroyed pending, with an ERROR log)."""
-
-    _END = -1
-
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[int] = asyncio.Queue()
-        self._closed = False
-
-    def put(self, lease: int) -> None:
-        if not self._closed:
-            self._queue.put_nowait(lease)
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._queue.put_nowait(self._END)
-
-    def __aiter__(self) -> _Renewals:
-        return self
-
-    async def __anext__(self) -> Any:
-        lease = await self._queue.get()
-        if lease == self._END:
-            self._queue.put_nowait(self._END)
-            raise StopAsyncIteration
-        return rpc_pb2.LeaseKeepAliveRequest(ID=lease)
-
-
 class KeepAlives:
     """Lease renewals over one shared stream; see the module docstring."""
 
     def __init__(self, client: Etcd3Client, timeout: float) -> None:
         self._client = client
         self._timeout = timeout
-        self._requests = _Renewals()
+        self._requests = RequestStream()
         self._waiters: dict[int, list[asyncio.Future[int]]] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def renew(self, lease: int) -> int:
         """Renew ``lease``: its new TTL, ≤ 0 if it expired; ``EtcdUnavailableError`` if etcd does not answer."""
         if self._task is None or self._task.done():
-            self._requests = _Renewals()
+            self._requests = RequestStream()
             self._task = asyncio.get_running_loop().create_task(self._run(self._requests), name="lease-keepalives")
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(lease, []).append(future)
-        self._requests.put(lease)
+        self._requests.put(rpc_pb2.LeaseKeepAliveRequest(ID=lease))
         try:
             async with asyncio.timeout(self._timeout):
                 return await future
@@ -100,7 +68,7 @@ class KeepAlives:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _run(self, requests: _Renewals) -> None:
+    async def _run(self, requests: RequestStream) -> None:
         channel = self._client._channel
         if channel is None:
             self._fail_all("etcd client is not connected")

@@ -12,12 +12,12 @@ revision P is accepted only if a keys-only read at P shows exactly the keys
 the mirror holds, none modified after the applied revision: then no change
 of ``docs/`` lies in (applied, P].
 
-The requests go to grpc as a ``_Requests`` object, not an async generator:
+The requests go to grpc as an ``etcd.RequestStream`` object, not an async generator:
 grpc consumes a request iterator in a task of its own that nobody awaits.
 When etcd breaks the stream that task stays suspended in the iterator;
 an async generator left there is garbage-collected with the task ("Task was
 destroyed but it is pending", then "aclose(): asynchronous generator is
-already running").  ``_Requests.close()`` ends the iteration instead, so
+already running").  ``RequestStream.close()`` ends the iteration instead, so
 grpc's task finishes whichever way the stream ended.
 
 ``RevisionProbe`` answers "what is etcd's revision *now*" for the hub when a
@@ -37,36 +37,6 @@ from etcd3aio import Etcd3Client, prefix_range_end
 from . import etcd as _etcd
 
 
-class _Requests:
-    """The Watch call's request stream until ``close()`` (an iterator object: see the module docstring)."""
-
-    _END = object()
-
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._closed = False
-
-    def put(self, request: Any) -> None:
-        if not self._closed:
-            self._queue.put_nowait(request)
-
-    def close(self) -> None:
-        """End the iteration: grpc's task consuming it finishes (idempotent)."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put_nowait(self._END)
-
-    def __aiter__(self) -> _Requests:
-        return self
-
-    async def __anext__(self) -> Any:
-        request = await self._queue.get()
-        if request is self._END:
-            self._queue.put_nowait(self._END)  # stays ended for any later caller
-            raise StopAsyncIteration
-        return request
-
-
 class WatchSession:
     """One Watch RPC on ``prefix`` from ``start_revision``; iterate ``responses()`` once."""
 
@@ -75,7 +45,7 @@ class WatchSession:
         self._prefix = prefix
         self._start = start_revision
         self._interval = interval
-        self._requests = _Requests()
+        self._requests = _etcd.RequestStream()
         self._call: Any = None
         self._dropped = False
         self._last_response = time.monotonic()

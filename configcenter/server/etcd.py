@@ -16,6 +16,7 @@ snapshot however many pages it takes.  A page of big records can still exceed gR
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -50,6 +51,43 @@ _LIST_ATTEMPTS = 5  # fresh lists restarted because etcd compacted the revision 
 
 class RevisionCompacted(EtcdError):
     """A read pinned to a revision found it compacted away (etcd's OUT_OF_RANGE)."""
+
+
+class RequestStream:
+    """The request stream of a bidirectional etcd call (Watch, LeaseKeepAlive) until ``close()``.
+
+    An iterator object, not an async generator: grpc consumes the request iterator in a task of
+    its own that nobody awaits.  When etcd breaks the stream that task stays suspended in the
+    iterator; an async generator left there is garbage-collected with the task ("Task was
+    destroyed but it is pending", then "aclose(): asynchronous generator is already running").
+    ``close()`` ends the iteration instead, so grpc's task finishes whichever way the call ended.
+    """
+
+    _END = object()
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._closed = False
+
+    def put(self, request: Any) -> None:
+        if not self._closed:
+            self._queue.put_nowait(request)
+
+    def close(self) -> None:
+        """End the iteration: grpc's task consuming it finishes (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put_nowait(self._END)
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        request = await self._queue.get()
+        if request is self._END:
+            self._queue.put_nowait(self._END)  # stays ended for any later caller
+            raise StopAsyncIteration
+        return request
 
 
 class KeyLayout:
