@@ -95,17 +95,24 @@ async def subscribers_per_worker(url: str, workers: int, expected: int) -> str:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of ``pid`` and its descendants (Linux /proc; 0 where unreadable)."""
-    total, pending = 0.0, [pid]
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` and its descendants: system time is mostly the kernel's
+    side of the sockets (send, and on loopback the receiver's TCP processing)."""
+    user, system, pending = 0.0, 0.0, [pid]
     while pending:
         current = pending.pop()
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            user += int(fields[11]) / os.sysconf("SC_CLK_TCK")
+            system += int(fields[12]) / os.sysconf("SC_CLK_TCK")
             for task in Path(f"/proc/{current}/task").iterdir():
                 pending += [int(x) for x in (task / "children").read_text().split()]
         except OSError:
             continue
-    return total
+    return user, system
 
 
 @asynccontextmanager
@@ -116,6 +123,8 @@ async def running_server(settings: Settings) -> AsyncIterator[tuple[str, int]]:
     url = f"http://127.0.0.1:{settings.port}"
     try:
         await wait_ready(url, settings.workers)
+        print(f"(server pid {proc.pid} at {url}: attach a profiler here, e.g. py-spy record -p {proc.pid})",
+              file=sys.stderr)
         yield url, proc.pid or 0
     finally:
         proc.terminate()  # SIGTERM: the supervisor stops its workers
@@ -164,9 +173,10 @@ async def measure(kind: str, target: str, subscribers: int, procs: int, rounds: 
                               lambda _first, count, pipe: (kind, count, target, ns, pipe))
     await clients.ready(180)
     spread = await subscribers_per_worker(target, workers, subscribers) if kind == "sse" and workers > 1 else ""
-    before = {label: cpu_seconds(pid) for label, pid in (pids or {}).items()}
+    before = {label: cpu_split(pid) for label, pid in (pids or {}).items()}
     started = await (rounds_via_api if kind == "sse" else rounds_via_etcd)(target, ns, rounds)
-    cpu = {label: cpu_seconds(pid) - before[label] for label, pid in (pids or {}).items()}
+    cpu = {label: (after[0] - before[label][0], after[1] - before[label][1])
+           for label, after in ((label, cpu_split(pid)) for label, pid in (pids or {}).items())}
     received = await clients.results(join_timeout=10)
     delays, lasts = [], []
     for revision, start in started.items():
@@ -183,7 +193,7 @@ class Result:
     delays: list[float]
     lasts: list[float]
     spread: str = ""  # subscribers per worker, with several workers
-    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds during the rounds, by process label
+    cpu: dict[str, tuple[float, float]] = field(default_factory=dict)  # (user, system) CPU s in the rounds, by label
 
     def line(self, label: str) -> str:
         d = self.delays
@@ -194,8 +204,9 @@ class Result:
         """CPU time of the metered processes per delivered change (µs), over the rounds' wall time."""
         delivered = len(self.delays)
         rounds = len(self.lasts)
-        parts = [f"{label} {seconds * 1e6 / delivered:6.1f} µs/delivery ({seconds * 1e3 / rounds:.1f} ms/push)"
-                 for label, seconds in self.cpu.items()]
+        parts = [f"{label} {(user + system) * 1e6 / delivered:5.1f} µs/delivery (user {user * 1e6 / delivered:.1f}"
+                 f" + sys {system * 1e6 / delivered:.1f}; {(user + system) * 1e3 / rounds:.1f} ms/push)"
+                 for label, (user, system) in self.cpu.items()]
         return f"  {'':<26} CPU during the rounds: " + ", ".join(parts)
 
 

@@ -13,6 +13,10 @@ Contract: after ``open()`` every byte of the body goes through the channel, neve
 calls.  ``try_write`` refuses (returns False, writes nothing) when the peer is not keeping
 up (more than ``high_water`` bytes buffered) or is gone: the caller then queues and lets
 the subscriber's task deliver, with backpressure, via ``write``.
+
+``try_write`` takes :class:`Body`: bytes framed once for every channel they go to (one
+allocation and one ``transport.write`` per subscriber on the hub's fan-out path, however many
+subscribers share the frames).
 """
 
 from __future__ import annotations
@@ -25,6 +29,22 @@ from aiohttp.http import HttpVersion11
 
 HIGH_WATER = 256 * 1024  # bytes buffered for one peer before the fast path stops
 DRAIN_POLL = 0.02  # seconds between checks while a slow peer drains
+
+
+class Body:
+    """Bytes of an event-stream body, with their HTTP/1.1 chunk built on first use."""
+
+    __slots__ = ("_chunk", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self._chunk: bytes | None = None
+
+    @property
+    def chunk(self) -> bytes:
+        if self._chunk is None:
+            self._chunk = b"%x\r\n%s\r\n" % (len(self.raw), self.raw) if self.raw else b""
+        return self._chunk
 
 
 class SseChannel:
@@ -52,12 +72,14 @@ class SseChannel:
     def closed(self) -> bool:
         return self._transport.is_closing()
 
-    def try_write(self, data: bytes) -> bool:
+    def try_write(self, body: Body) -> bool:
         """Write now if the peer keeps up; False (nothing written) if it lags or is gone."""
         transport = self._transport
         if transport.is_closing() or transport.get_write_buffer_size() > self._high_water:
             return False
-        self._put(data)
+        data = body.chunk if self._chunked else body.raw
+        if data:
+            transport.write(data)
         return True
 
     async def write(self, data: bytes) -> None:

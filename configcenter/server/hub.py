@@ -28,7 +28,7 @@ Per-subscriber contract
 * Ids never decrease on a stream, except at such a backwards reset.
 * Delivery: a change goes straight from the mirror's callback to every
   subscriber whose connection keeps up (``SseChannel.try_write``, no task
-  switch; frames encoded once per distinct selection); a subscriber with a
+  switch; selected, encoded and framed once per distinct set of selectors); a subscriber with a
   backlog, a pending reset or a full socket buffer gets it queued and its
   own task writes it with backpressure.  Either way frames leave in order.
 * ``progress`` (id = the mirror's applied revision) is sent when the stream has
@@ -57,7 +57,7 @@ from aiohttp import web
 from configcenter_sdk.names import namespace_matcher
 
 from ..errors import EtcdUnavailableError
-from ._sse_channel import SseChannel
+from ._sse_channel import Body, SseChannel
 from .changes import Change, ResumePoint, event_id, sse_frames
 from .metrics import Metrics
 from .mirror import CLUSTER_CHANGED, REVISION_WENT_BACK, Mirror
@@ -89,6 +89,29 @@ class InvalidNotice:
 Item = Change | InvalidNotice
 
 
+@dataclass(eq=False, slots=True)
+class _Shared:
+    """What one set of selectors gets of a published batch, encoded once for all its subscribers."""
+
+    items: list[Item]
+    body: Body
+    top: int  # highest change revision in ``items`` (0 if only notices)
+    lowest: float  # lowest change revision (inf if only notices): a floor below it filters nothing
+    written: int = 0  # subscribers it was written to directly
+
+    @classmethod
+    def of(cls, match: Matcher, items: Sequence[Item]) -> _Shared | None:
+        selected = [i for i in items if match(i.ns)]
+        if not selected:
+            return None
+        revisions = [i.revision for i in selected if isinstance(i, Change)]
+        return cls(selected, Body(sse_frames(selected)), max(revisions, default=0),
+                   min(revisions, default=float("inf")))
+
+
+_UNSEEN = _Shared([], Body(b""), 0, 0)  # marks selectors not yet looked at in this batch
+
+
 @dataclass(eq=False)
 class Subscription:
     match: Matcher
@@ -98,14 +121,15 @@ class Subscription:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     needs_reset: str | None = None  # the reason of a pending reset
     floor: int = 0  # nothing at or below this revision is sent any more
+    selectors: tuple[str, ...] = ()  # what ``match`` was built from: equal selectors share a selection
 
     def selection(self, items: Sequence[Item]) -> list[Item]:
         """The items this subscriber is to get (its namespaces, above its floor)."""
         return [i for i in items if self.match(i.ns) and (isinstance(i, InvalidNotice) or i.revision > self.floor)]
 
-    def can_write_now(self) -> bool:
-        """Nothing is waiting to go before new items, so they may be written directly."""
-        return not self.queue and self.needs_reset is None and self.channel is not None
+    def writable_channel(self) -> SseChannel | None:
+        """The channel, if nothing is waiting to go before new items (they may be written directly)."""
+        return self.channel if not self.queue and self.needs_reset is None else None
 
     def offer(self, matching: list[Item]) -> bool:
         """Queue ``matching``; on overflow drop the backlog and ask for a reset (returns False)."""
@@ -142,27 +166,45 @@ class Hub:
             sub.reset(reason)
 
     def _fan_out(self, items: Sequence[Item]) -> None:
-        """Deliver ``items`` (whole transactions) to every subscriber: directly or via its queue."""
-        encoded: dict[tuple[int, ...], bytes] = {}
-        delivered: Counter[int] = Counter()  # id(item) -> subscribers it was written to
+        """Deliver ``items`` (whole transactions) to every subscriber: directly or via its queue.
+
+        Subscribers with the same selectors share one selection, one encoding and one framing
+        (a ``_Shared``); a subscriber whose floor reaches into the selection, or that cannot be
+        written to now, takes the per-subscriber path (``_deliver_one``).
+        """
+        shared: dict[tuple[str, ...], _Shared | None] = {}
+        direct: Counter[int] = Counter()  # id(item) -> subscribers written to on the per-subscriber path
         for sub in self.subscriptions:
-            selected = sub.selection(items)
-            if not selected:
+            group = shared.get(sub.selectors, _UNSEEN)
+            if group is _UNSEEN:
+                group = shared[sub.selectors] = _Shared.of(sub.match, items)
+            if group is None:
                 continue
-            if sub.channel is not None and sub.can_write_now():
-                key = tuple(map(id, selected))
-                data = encoded.get(key)
-                if data is None:
-                    data = encoded[key] = sse_frames(selected)
-                if sub.channel.try_write(data):
-                    sub.floor = max(sub.floor, _top_revision(selected))
-                    for k in key:
-                        delivered[k] += 1
-                    continue
-            if not sub.offer(selected):
-                self._metrics.inc("configcenter_subscriber_overflows_total")
-        if delivered:
-            self._count_sent([(i, delivered[id(i)]) for i in items])
+            channel = sub.writable_channel() if sub.floor < group.lowest else None
+            if channel is not None and channel.try_write(group.body):
+                sub.floor = max(sub.floor, group.top)
+                group.written += 1
+            else:
+                self._deliver_one(sub, items, direct)
+        for group in shared.values():
+            if group is not None and group.written:
+                for item in group.items:
+                    direct[id(item)] += group.written
+        if direct:
+            self._count_sent([(i, direct[id(i)]) for i in items])
+
+    def _deliver_one(self, sub: Subscription, items: Sequence[Item], written: Counter[int]) -> None:
+        """The per-subscriber path: its own selection above its floor, written now or queued."""
+        selected = sub.selection(items)
+        if not selected:
+            return
+        channel = sub.writable_channel()
+        if channel is not None and channel.try_write(Body(sse_frames(selected))):
+            sub.floor = max(sub.floor, _top_revision(selected))
+            for item in selected:
+                written[id(item)] += 1
+        elif not sub.offer(selected):
+            self._metrics.inc("configcenter_subscriber_overflows_total")
 
     async def stream(self, request: web.Request, selectors: list[str],
                      since: ResumePoint | None) -> web.StreamResponse:
@@ -175,7 +217,7 @@ class Hub:
         etcd_revision = None
         if since is not None and since.cluster_id in (None, self._mirror.cluster_id):
             etcd_revision = await self._mirror.etcd_revision_for(since.revision, PROBE_TIMEOUT)
-        sub = Subscription(namespace_matcher(selectors), self._queue_size, channel)
+        sub = Subscription(namespace_matcher(selectors), self._queue_size, channel, selectors=tuple(selectors))
         self.subscriptions.add(sub)  # from here to the catch-up frame nothing awaits: no gap, no duplicate
         self._metrics.set("configcenter_subscribers", len(self.subscriptions))
         try:

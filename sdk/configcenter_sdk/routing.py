@@ -166,6 +166,8 @@ _Cond = tuple[str, Callable[[str], object], bool, bool]
 _Percent = tuple[str, int, Any]
 _Pick = Callable[[Mapping[str, str]], RouteDecision]
 _Step = tuple[tuple[_Cond, ...], _Percent | None, RouteDecision | _Pick]
+# a request's header name -> (lower-cased name or None if unread, its RuleIndex.keyed entry or None)
+_Name = tuple[str | None, tuple[int, dict[str, int]] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,29 +186,41 @@ class RouteTable:
     _plan: tuple[_Step, ...] = field(init=False, repr=False, compare=False)
     _index: RuleIndex = field(init=False, repr=False, compare=False)
     _selections: dict[int, tuple[_Step, ...]] = field(init=False, repr=False, compare=False)
+    _names: dict[str, _Name] = field(init=False, repr=False, compare=False)
+    _read: frozenset[str] = field(init=False, repr=False, compare=False)  # header names any rule reads
 
     def __post_init__(self) -> None:
         plan = (*(_step(r.headers, r.percent, r.route) for r in self.rules), _step((), None, self.default))
         object.__setattr__(self, "_plan", plan)  # frozen: set once, here
         object.__setattr__(self, "_index", RuleIndex.build(self.rules))
         object.__setattr__(self, "_selections", {})
+        object.__setattr__(self, "_names", {})
+        object.__setattr__(self, "_read", frozenset(_names_read(self.rules, self.default)))
 
     def route(self, headers: Mapping[str, str]) -> RouteDecision:
         """Pick the route for a request with these headers (names case-insensitive).
 
         Only the rules the index cannot rule out are evaluated, in table order, so the answer
-        is the first matching rule's, exactly as if every rule were tried.
+        is the first matching rule's, exactly as if every rule were tried.  A percent header
+        is hashed at most once per call (one seed per table).
         """
         index = self._index
-        h = {name.lower(): value for name, value in headers.items()} if headers else {}
         candidates = index.unconditional
-        keyed = index.keyed
-        for name in h:
-            entry = keyed.get(name)
-            if entry is not None:
-                candidates |= entry[0] | entry[1].get(h[name], 0)
-        steps = self._plan if candidates == index.everything else self._steps_of(candidates)
+        known = self._names.get
+        h: dict[str, str] = {}
+        for name, value in headers.items():
+            low, entry = known(name) or self._learn(name)
+            if low is None:  # no rule reads this header
+                continue
+            h[low] = value
+            if entry is not None:  # a repeated name ORs both values' rules: a superset is safe
+                candidates |= entry[0] | entry[1].get(value, 0)
+        if candidates == index.everything:
+            steps = self._plan
+        else:
+            steps = self._selections.get(candidates) or self._steps_of(candidates)
         get = h.get
+        buckets: dict[str, int] | None = None
         for conds, percent, target in steps:
             for cond_name, test, on_absent, want in conds:
                 v = get(cond_name)
@@ -215,26 +229,61 @@ class RouteTable:
                     break
             else:
                 if percent is not None:
-                    v = get(percent[0])
-                    if v is None or _bucket(percent[2], v) >= percent[1]:
+                    if buckets is None:
+                        buckets = {}
+                    if not _admits(percent, get, buckets):
                         continue
                 return target if isinstance(target, RouteDecision) else target(h)
         raise AssertionError("unreachable: the default route is always a candidate")
 
+    def _learn(self, name: str) -> _Name:
+        """The lower-cased ``name`` (None when no rule reads it) and its index entry, remembered for
+        up to ``_MAX_NAMES`` names of at most ``_MAX_NAME_LEN`` characters (header names are the
+        caller's to choose)."""
+        low = name.lower()
+        found = (low, self._index.keyed.get(low)) if low in self._read else _UNREAD
+        if len(self._names) < _MAX_NAMES and len(name) <= _MAX_NAME_LEN:
+            self._names[name] = found
+        return found
 
     def _steps_of(self, candidates: int) -> tuple[_Step, ...]:
-        """The candidate steps in table order, remembered per candidate set: requests repeat a
-        few header shapes.  At most ``_MAX_SELECTIONS`` are kept (header values are the caller's
-        to choose), past that each is computed afresh; a dict store is atomic under the GIL."""
-        steps = self._selections.get(candidates)
-        if steps is None:
-            steps = tuple(_selected(self._plan, candidates))
-            if len(self._selections) < _MAX_SELECTIONS:
-                self._selections[candidates] = steps
+        """The candidate steps in table order, remembered per candidate set (``route`` looks there
+        first): requests repeat a few header shapes.  At most ``_MAX_SELECTIONS`` are kept (header
+        values are the caller's to choose), past that each is computed afresh; a dict store is
+        atomic under the GIL."""
+        steps = tuple(_selected(self._plan, candidates))
+        if len(self._selections) < _MAX_SELECTIONS:
+            self._selections[candidates] = steps
         return steps
 
 
 _MAX_SELECTIONS = 256
+_UNREAD: _Name = (None, None)
+
+
+def _names_read(rules: tuple[Rule, ...], default: Route) -> Iterator[str]:
+    """Every header name a condition, a percent split or a weighted route's ``hash_on`` reads."""
+    for route in (*(r.route for r in rules), default):
+        if isinstance(route, WeightedRoute) and route.hash_on is not None:
+            yield route.hash_on
+    for rule in rules:
+        yield from (m.name for m in rule.headers)
+        if rule.percent is not None:
+            yield rule.percent.header
+_MAX_NAMES = 1024
+_MAX_NAME_LEN = 128
+
+
+def _admits(percent: _Percent, get: Callable[[str], str | None], buckets: dict[str, int]) -> bool:
+    """Whether the request is inside ``percent``; ``buckets`` memoizes the header's bucket."""
+    name, limit, hasher = percent
+    bucket = buckets.get(name)
+    if bucket is None:
+        value = get(name)
+        if value is None:
+            return False
+        bucket = buckets[name] = _bucket(hasher, value)
+    return bucket < limit
 
 
 def _selected(plan: tuple[_Step, ...], candidates: int) -> Iterator[_Step]:

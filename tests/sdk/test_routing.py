@@ -684,3 +684,23 @@ def test_remembered_candidate_sets_are_bounded_and_answers_stay_first_match() ->
         want = f"c{first}" if subset else "fallback"
         assert table.route(headers).cluster == want, headers
     assert 0 < len(table._selections) <= 256
+
+
+def test_remembered_header_names_are_bounded_and_case_variants_still_match() -> None:
+    """Header names are the caller's: 5,000 distinct names (and a 10 KB one) leave the table's
+    name memo at its bound; spellings seen before and after it filled route by the same rules,
+    names no rule reads are skipped, and percent/hash_on headers still count as read."""
+    doc = {"service": "s", "default": {"cluster": "fallback"}, "rules": [
+        {"id": "beta", "match": {"headers": [{"name": "x-release", "exact": "beta"}]}, "route": {"cluster": "canary"}},
+        {"id": "half", "match": {"percent": {"header": "x-user", "value": 100}},
+         "route": {"weighted": [{"cluster": "a", "weight": 50}, {"cluster": "b", "weight": 50}], "hash_on": "x-user"}},
+    ]}
+    table = compile_table(doc, revision=1)
+    assert table.route({"X-Release": "beta"}).cluster == "canary"
+    for i in range(5000):
+        assert table.route({f"x-junk-{i}": "1", "X-RELEASE": "beta"}).cluster == "canary"
+    assert table.route({"x" * 10_000: "1", "x-ReLeAsE": "beta"}).cluster == "canary"
+    assert len(table._names) <= 1024 and "x" * 10_000 not in table._names
+    assert table.route({"X-User": "u-7"}).cluster == table.route({"x-user": "u-7"}).cluster
+    assert table.route({"X-User": "u-7"}).rule_id == "half"
+    assert table.route({"x-release": "alpha", "x-other": "beta"}).cluster == "fallback"
