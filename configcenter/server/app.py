@@ -60,7 +60,11 @@ def create_app(settings: Settings) -> web.Application:
         yield
         await runtime.close()
 
+    async def end_streams(app: web.Application) -> None:
+        await runtime.hub.close()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(end_streams)  # before aiohttp waits for (and cancels) open handlers
     return app
 
 

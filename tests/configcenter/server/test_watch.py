@@ -8,7 +8,10 @@ subscribers.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,7 +21,7 @@ import orjson
 import pytest
 
 from configcenter.server.etcd import KeyLayout
-from configcenter.server.settings import Limits
+from configcenter.server.settings import Limits, WatchTuning
 from helpers import RunningServer, SSEEvent, SSEStream, envelope, eventually, start_cluster
 
 
@@ -292,3 +295,22 @@ async def test_restart_after_a_write_around_the_api_falls_back_to_reset(
     async with subscribe(http, fresh, "h/", last_event_id=last_seen) as stream:
         reset = await stream.next()
     assert reset.event == "reset" and reset.data["namespaces"]["h/a"]["doc"] == {"by": "etcdctl"}
+
+
+async def test_server_shutdown_ends_every_stream_cleanly_and_at_once(
+    make_server: Any, http: aiohttp.ClientSession
+) -> None:
+    """Stopping a server ends each event stream with the chunked body's terminator (the client sees
+    a clean end, not a broken payload) well within the shutdown timeout, so SDKs reconnect to
+    another replica at once instead of after the timeout and a cancelled handler."""
+    server = await make_server(watch=WatchTuning(progress_interval=30.0))
+    async with contextlib.AsyncExitStack() as stack:
+        streams = [await stack.enter_async_context(subscribe(http, server, f"shut/{i}")) for i in range(20)]
+        for stream in streams:
+            assert (await stream.next()).event == "reset"
+        started = time.monotonic()
+        await server.stop()
+        stopped = time.monotonic() - started
+        for stream in streams:
+            assert await asyncio.wait_for(stream.response.content.read(), 5.0) == b""  # clean EOF, no payload error
+    assert stopped < 0.4, f"shutdown took {stopped:.2f} s: streams were waited for, then cancelled"
