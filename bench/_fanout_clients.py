@@ -14,22 +14,22 @@ from typing import Any
 
 import aiohttp
 
+from configcenter_sdk._sse import SSEParser
+
 Inbox = dict[int, list[float]]
 
 
 async def sse_subscriber(http: aiohttp.ClientSession, url: str, ns: str, inbox: Inbox, ready: list[int]) -> None:
+    """Read as the SDK reads: whatever bytes arrived, fed to its ``SSEParser`` (one wakeup per chunk,
+    not per line)."""
+    parser = SSEParser()
     async with http.get(f"{url}/v1/watch", params={"ns": ns}) as resp:
-        event, rev = b"", 0
-        async for line in resp.content:
-            if line.startswith(b"id: "):
-                rev = int(line[4:].rsplit(b":", 1)[-1])  # plain or <cluster>:<revision>
-            elif line.startswith(b"event: "):
-                event = line[7:].strip()
-                if event == b"reset":
+        async for chunk in resp.content.iter_any():
+            for event in parser.feed(chunk):
+                if event.event == "change" and event.id is not None:
+                    inbox.setdefault(int(event.id.rpartition(":")[2]), []).append(time.monotonic())
+                elif event.event == "reset":
                     ready[0] += 1
-            elif line == b"\n" and event == b"change":
-                inbox.setdefault(rev, []).append(time.monotonic())
-                event = b""
 
 
 async def etcd_watcher(stub: Any, key: bytes, inbox: Inbox, ready: list[int]) -> None:

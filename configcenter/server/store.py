@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,12 +126,17 @@ class Store:
     async def push(
         self, ns: str, kind: str, doc: dict[str, Any], *, author: str = "", message: str = "",
         if_match: int | None = None, op: Op = "push", from_revision: int | None = None, origin: Origin = _NOBODY,
+        check: Awaitable[None] | None = None,
     ) -> Release:
-        """Write a new release of ``ns`` (see module contract for concurrency and If-Match)."""
+        """Write a new release of ``ns`` (see module contract for concurrency and If-Match).
+
+        ``check`` (the namespace's schema check) runs concurrently with the reads before the write,
+        so its etcd read shares their round trip; nothing is written unless it succeeds.
+        """
         def build(version: int) -> Release:
             return _release(ns, version, op, kind, doc, author, message, from_revision, origin)
 
-        return await self._write(ns, build, if_match=if_match, delete=False)
+        return await self._write(ns, build, if_match=if_match, delete=False, check=check)
 
     async def delete(self, ns: str, *, author: str = "", message: str = "", if_match: int | None = None,
                      origin: Origin = _NOBODY) -> Release:
@@ -159,10 +165,15 @@ class Store:
             op="rollback", from_revision=to_revision, origin=origin,
         )
 
-    async def _write(self, ns: str, build: Any, *, if_match: int | None, delete: bool) -> Release:
+    async def _write(self, ns: str, build: Any, *, if_match: int | None, delete: bool,
+                     check: Awaitable[None] | None = None) -> Release:
         attempts = 1 if if_match is not None else _CAS_ATTEMPTS
         for _ in range(attempts):
-            current_rev, last_version = await self._write_guard(ns)
+            if check is not None:
+                (current_rev, last_version), _ = await asyncio.gather(self._write_guard(ns), check)
+                check = None
+            else:
+                current_rev, last_version = await self._write_guard(ns)
             if delete and current_rev == 0:  # deleted meanwhile (a racing delete won): nothing to delete
                 raise NotFoundError(f"namespace {ns!r} does not exist", namespace=ns)
             if if_match is not None and if_match != current_rev:
@@ -177,13 +188,18 @@ class Store:
         raise ConflictError(f"gave up writing {ns!r}: {attempts} concurrent writers won first", namespace=ns)
 
     async def _write_guard(self, ns: str) -> tuple[int, int]:
-        """(mod_revision of docs/<ns> or 0, last history version or 0)."""
+        """(mod_revision of docs/<ns> or 0, last history version or 0).
+
+        The two reads run concurrently (one round trip on the shared channel); they may see two
+        revisions, which is safe: the commit's compares (the doc's mod_revision, the new history
+        key absent) fail on any write between them, and the write is retried.
+        """
+        start = self.layout.history_prefix(ns)
         with etcd_errors(f"read {ns} before writing"):
-            doc = await self._kv.get(self.layout.doc_key(ns), keys_only=True, timeout=self._timeout)
-            start = self.layout.history_prefix(ns)
-            hist = await self._kv.get(
-                start, range_end=prefix_range_end(start), limit=1, keys_only=True,
-                sort_order=SortOrder.DESCEND, sort_target=SortTarget.KEY, timeout=self._timeout,
+            doc, hist = await asyncio.gather(
+                self._kv.get(self.layout.doc_key(ns), keys_only=True, timeout=self._timeout),
+                self._kv.get(start, range_end=prefix_range_end(start), limit=1, keys_only=True,
+                             sort_order=SortOrder.DESCEND, sort_target=SortTarget.KEY, timeout=self._timeout),
             )
         current = doc.kvs[0].mod_revision if doc.kvs else 0
         version = self.layout.version_of_history_key(hist.kvs[0].key) if hist.kvs else 0
