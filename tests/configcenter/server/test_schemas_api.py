@@ -179,3 +179,30 @@ async def test_a_push_racing_the_schema_check_cannot_slip_in(server: RunningServ
     assert raced and (await runtime.store.get("race/cfg")).doc == {"timeout_ms": "slow"}
     with pytest.raises(NotFoundError):
         await schemas.get("race/")
+
+
+async def test_schemas_set_through_another_replica_bind_every_push_at_once(
+    make_server: Any, http: aiohttp.ClientSession
+) -> None:
+    """A schema set or deleted through replica B binds pushes through replica A at once, on each key
+    that could govern the namespace (itself and its prefixes): a violating push is refused (422)
+    with nothing written, and allowed again once the schema is gone.  (A replica that pinned the
+    schemas it read last instead of reading them per push was tried: see docs/architecture.md.)"""
+    a = await make_server()
+    b = await make_server(prefix=a.settings.prefix)
+    assert (await push(http, a, "pin/deep/cfg", {"timeout_ms": "slow"}))[0] == 201  # A's last read: no schema
+    assert (await push(http, a, "pin/deep/cfg", {"timeout_ms": "slower"}))[0] == 200  # the hinted path
+    for target in ("pin/", "pin/deep/", "pin/deep/cfg"):  # each key that could govern the namespace
+        assert (await put_schema(http, b, target, ORDERS))[0] == 409  # the current document violates it
+        status, _ = await put_schema(http, b, target, ORDERS, query="?force=true")
+        assert status == 201
+        before = await etcd_revision(a)
+        status, body = await push(http, a, "pin/deep/cfg", {"timeout_ms": "late"})
+        assert status == 422 and body["error"]["details"]["schema"] == target, (target, body)
+        assert await etcd_revision(a) == before
+        assert (await push(http, a, "pin/deep/cfg", {"timeout_ms": 7}))[0] == 200
+        async with http.delete(f"{b.url}/v1/schemas/{target}", headers=b.auth()) as resp:
+            assert resp.status == 200, await resp.text()
+        assert (await push(http, a, "pin/deep/cfg", {"timeout_ms": "free again"}))[0] == 200
+    versions = [r.version for r in (await a.runtime.store.history("pin/deep/cfg", limit=100)).entries]
+    assert versions == list(range(len(versions), 0, -1)) and len(versions) == 8  # none skipped or reused
