@@ -77,9 +77,7 @@ class SseChannel:
         transport = self._transport
         if transport.is_closing() or transport.get_write_buffer_size() > self._high_water:
             return False
-        data = body.chunk if self._chunked else body.raw
-        if data:
-            transport.write(data)
+        self._put(body)
         return True
 
     async def write(self, data: bytes) -> None:
@@ -89,16 +87,14 @@ class SseChannel:
         """
         if self._transport.is_closing():
             raise ConnectionResetError("the subscriber went away")
-        self._put(data)
+        self._put(Body(data))
         while self._transport.get_write_buffer_size() > self._high_water:
             await asyncio.sleep(DRAIN_POLL)
             if self._transport.is_closing():
                 raise ConnectionResetError("the subscriber went away")
 
-    def _put(self, data: bytes) -> None:
-        if not data:
-            return
-        if self._chunked:
-            self._transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-        else:
+    def _put(self, body: Body) -> None:
+        """The one place body bytes reach the socket: as an HTTP/1.1 chunk, or raw for HTTP/1.0."""
+        data = body.chunk if self._chunked else body.raw
+        if data:
             self._transport.write(data)

@@ -258,6 +258,8 @@ class RouteTable:
 
 
 _MAX_SELECTIONS = 256
+_MAX_NAMES = 1024
+_MAX_NAME_LEN = 128
 _UNREAD: _Name = (None, None)
 
 
@@ -270,8 +272,6 @@ def _names_read(rules: tuple[Rule, ...], default: Route) -> Iterator[str]:
         yield from (m.name for m in rule.headers)
         if rule.percent is not None:
             yield rule.percent.header
-_MAX_NAMES = 1024
-_MAX_NAME_LEN = 128
 
 
 def _admits(percent: _Percent, get: Callable[[str], str | None], buckets: dict[str, int]) -> bool:
