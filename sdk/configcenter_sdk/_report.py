@@ -152,8 +152,12 @@ class Reporter:
                 wait = 0
             if wait is None:
                 failures = 0
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that arrives
+                # in the tick _dirty is set (close() cancels this task right after stopping the stream,
+                # which reports a mode change), so the loop went on and close() waited forever
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._dirty.wait(), self.heartbeat)
+                    async with asyncio.timeout(self.heartbeat):
+                        await self._dirty.wait()
                 continue
             failures += 1
             initial, cap = self._backoff

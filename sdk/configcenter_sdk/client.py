@@ -345,7 +345,8 @@ class ConfigClient:
         live = False
         while True:
             try:
-                chunk = await asyncio.wait_for(response.content.readany(), self._idle_timeout)
+                async with asyncio.timeout(self._idle_timeout):  # not wait_for: see _report.Reporter.run
+                    chunk = await response.content.readany()
             except TimeoutError:
                 self._set_mode("fallback", f"no event from {url} for {self._idle_timeout}s")
                 raise _StreamError(f"idle for {self._idle_timeout}s") from None
