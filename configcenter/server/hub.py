@@ -11,7 +11,9 @@ Per-subscriber contract
   a revision; changes at or below it are then never sent) whose data says why:
   ``no_resume_point``; ``cluster_changed`` (the id names another etcd
   cluster); ``resume_ahead_of_cluster`` (the revision is above etcd's current
-  one: etcd was restored or replaced); ``ring_expired`` (the ring no longer
+  one: etcd was restored or replaced); ``revision_went_back`` (the revision
+  lies in a history this replica saw etcd discard in a restore, even if etcd's
+  new history has passed it since); ``ring_expired`` (the ring no longer
   covers it).  Otherwise the missed changes are replayed from the ring.
 * A resume revision above this replica's mirror but not above etcd's current
   revision (the client came from a replica that is ahead) gets no reset:
@@ -286,6 +288,8 @@ class Hub:
             return NO_RESUME_POINT
         if since.cluster_id is not None and since.cluster_id != self._mirror.cluster_id:
             return CLUSTER_CHANGED
+        if self._mirror.abandoned_revision(since.revision):
+            return REVISION_WENT_BACK
         if etcd_revision is not None and since.revision > etcd_revision:
             return RESUME_AHEAD
         return None

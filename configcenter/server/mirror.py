@@ -35,6 +35,11 @@ Cluster identity and revisions going back
   down), and every ``reset_listeners`` callback gets the reason
   (``cluster_changed`` / ``revision_went_back``).  A lagging member that
   merely showed an old header costs one re-list that finds nothing to do.
+* After a restore, etcd's new history reuses the revision numbers of the
+  discarded one: ``abandoned`` keeps the windows (list revision, old applied
+  revision] this mirror saw discarded, so a resume id inside one gets a reset
+  even after etcd's new history has passed it (``abandoned_revision``).  Only
+  a mirror that saw the old history knows: see docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ class Mirror:
         self.applied_revision = 0
         self.cluster_id = 0  # etcd's cluster id, from the first list (0 until then)
         self.etcd_revision = 0  # etcd has reached at least this revision (response headers)
+        self.abandoned: list[tuple[int, int]] = []  # (low, high]: revisions of a history a restore discarded
         self.ring = ChangeRing(ring_size)
         self.listeners: list[Listener] = []
         self.reset_listeners: list[Callable[[str], None]] = []  # state replaced; argument: the reason
@@ -119,6 +125,10 @@ class Mirror:
             self._session.cancel()
 
     # -- reads ------------------------------------------------------------
+    def abandoned_revision(self, revision: int) -> bool:
+        """Whether ``revision`` of this cluster may name a release of a history etcd discarded."""
+        return any(low < revision <= high for low, high in self.abandoned)
+
     def stale_seconds(self) -> float:
         """0 while connected; otherwise seconds since etcd last answered."""
         return 0.0 if self.connected else time.monotonic() - self._last_contact
@@ -257,6 +267,8 @@ class Mirror:
                         "the mirror's state and resetting every subscriber", replaced.replace("_", " "), cluster,
                         revision, self.cluster_id, self.applied_revision)
             self.metrics.inc("configcenter_mirror_diverged_total")
+            went_back = cluster == self.cluster_id and revision < self.applied_revision
+            self.abandoned = [*self.abandoned[-15:], (revision, self.applied_revision)] if went_back else []
         self.cluster_id = cluster
         self.state.clear()
         self.last_change.clear()

@@ -22,7 +22,7 @@ import pytest
 from cli_helpers import call_main
 from configcenter.cli.embedded_etcd import EtcdCluster
 from configcenter.server.settings import Limits
-from helpers import RunningServer, SSEStream, envelope, eventually
+from helpers import RunningServer, SSEStream, envelope, eventually, restore_snapshot, save_snapshot
 
 
 @asynccontextmanager
@@ -251,6 +251,37 @@ async def test_endpoints_now_on_another_cluster_reset_every_subscriber(
     assert reset.data["cluster"] != old_cluster and reset.raw_id == f"{reset.data['cluster']}:{reset.id}"
     assert server.runtime.metrics.values["configcenter_mirror_diverged_total"] == 1
     assert server.runtime.mirror.state == {} or set(server.runtime.mirror.state) == {"cc/new"}
+
+
+@pytest.mark.slow
+async def test_a_resume_id_from_a_history_a_restore_discarded_gets_a_reset_after_etcd_passes_it(
+    make_server: Any, own_etcd: EtcdCluster, http: aiohttp.ClientSession, tmp_path: Any,
+) -> None:
+    """etcd restored from a backup reuses the revisions of the history it lost.  Once its new history
+    passes a client's old resume id, the number alone looks like a resume point: the replica that saw
+    the old history must still answer it with a reset, never a replay of unrelated changes."""
+    server = await make_server(cluster=own_etcd)
+    await push(http, server, "rb/a", {"v": 1})
+    backup = await asyncio.to_thread(save_snapshot, own_etcd, tmp_path / "backup.db")
+    for v in (2, 3, 4):
+        lost = await push(http, server, "rb/a", {"v": v})
+    old_id = f"{await cluster_hex(server)}:{lost - 1}"
+    await eventually(lambda: server.runtime.mirror.applied_revision >= lost)
+    await asyncio.to_thread(restore_snapshot, own_etcd, backup)
+    await eventually(lambda: server.runtime.metrics.values.get("configcenter_mirror_diverged_total") == 1, 15)
+    new = [await push(http, server, f"rb/n{i}", {"v": i}) for i in range(5)]  # etcd's new history passes lost
+    assert new[-1] > lost and old_id.startswith(f"{await cluster_hex(server)}:")  # same cluster id, same numbers
+    await eventually(lambda: server.runtime.mirror.applied_revision >= new[-1])
+    async with watch(http, server, "rb/", resume=old_id) as stream:
+        reset = await stream.next()
+    assert reset.event == "reset" and reset.data["reason"] == "revision_went_back"
+    assert {ns: d["doc"] for ns, d in reset.data["namespaces"].items()} == {
+        "rb/a": {"v": 1}, **{f"rb/n{i}": {"v": i} for i in range(5)}}
+    async with watch(http, server, "rb/", resume=f"{reset.raw_id}") as stream:  # a new-history id resumes
+        pushed = await push(http, server, "rb/a", {"v": 5})
+        first = await stream.next()  # nothing missed: a progress at the reset's revision, no reset
+        change = (await stream.changes(1))[0]
+    assert (first.event, first.id) == ("progress", reset.id) and change.id == pushed
 
 
 @pytest.mark.slow
