@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -13,7 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from configcenter.cli.embedded_etcd import EtcdCluster, find_etcd_binary, free_port
+from configcenter.cli.embedded_etcd import EtcdCluster, free_port
 from configcenter.server.app import create_app, start_site
 from configcenter.server.auth import Principal
 from configcenter.server.runtime import RUNTIME, Runtime, wait_ready
@@ -31,27 +30,14 @@ def start_cluster(size: int = 3) -> EtcdCluster:
 
 
 def save_snapshot(cluster: EtcdCluster, path: Path) -> Path:
-    """``etcdctl snapshot save`` of the running (single-member) cluster into ``path``."""
-    cluster.ctl("snapshot", "save", str(path))
+    """``etcdctl snapshot save`` of the running cluster into ``path``."""
+    cluster.save_snapshot(path)
     return path
 
 
 def restore_snapshot(cluster: EtcdCluster, snapshot: Path) -> None:
-    """Restore ``snapshot`` as an operator would after losing the data: stop the single member,
-    ``etcdutl snapshot restore`` into a fresh data dir (same name, peer URL and token, hence the
-    same cluster id), start it on the same client URL.  etcd's revision goes back to the snapshot's."""
-    (member,) = cluster.members
-    member.stop()
-    fresh = member.data_dir.with_name(f"{member.name}-restored-{uuid.uuid4().hex[:6]}")
-    subprocess.run(
-        [str(find_etcd_binary("etcdutl")), "snapshot", "restore", str(snapshot), f"--data-dir={fresh}",
-         f"--name={member.name}", f"--initial-cluster={member.initial_cluster}",
-         f"--initial-advertise-peer-urls={member.peer_url}", "--initial-cluster-token=configcenter-test"],
-        check=True, capture_output=True, timeout=30,
-    )
-    member.data_dir = fresh
-    member.start()
-    member.wait_ready()
+    """Restore ``snapshot`` into every member (``EtcdCluster.restore``): etcd's revision goes back."""
+    cluster.restore(snapshot)
 
 
 @dataclass

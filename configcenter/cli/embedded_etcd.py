@@ -8,11 +8,16 @@ For tests of etcd security a cluster can serve its client port over TLS
 (``EtcdTLSFiles``, optionally requiring client certificates) and take extra
 flags (e.g. ``--auth-token-ttl``); ``ctl`` then talks TLS too and can log in as
 a user.  Peers stay on plain http (loopback only).
+
+``save_snapshot``/``restore`` are an operator's backup and restore (the tests
+of etcd going back in time): the restore tool is the one shipped next to the
+members' binary (``etcdutl`` from 3.5, ``etcdctl snapshot restore`` on 3.4).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -22,6 +27,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +35,7 @@ from pathlib import Path
 from ..errors import ConfigError
 
 ETCD_BIN_ENV = "CONFIGCENTER_ETCD_BIN"
+CLUSTER_TOKEN = "configcenter-test"
 
 
 def find_etcd_binary(name: str = "etcd") -> Path:
@@ -143,7 +150,7 @@ class EtcdMember:
             f"--initial-advertise-peer-urls={self.peer_url}",
             f"--initial-cluster={cluster}",
             "--initial-cluster-state=new",
-            "--initial-cluster-token=configcenter-test",
+            f"--initial-cluster-token={CLUSTER_TOKEN}",
             "--log-level=error",
             "--logger=zap",
             *(self.tls.member_flags() if self.tls else []),
@@ -195,6 +202,27 @@ class EtcdMember:
         """Crash-stop: SIGKILL, no graceful shutdown."""
         self.stop(signal.SIGKILL)
 
+    def restore_data(self, snapshot: Path) -> None:
+        """Replace this (stopped) member's data with ``snapshot``, in a fresh data dir: same name, peer
+        URL and token as at bootstrap, hence the same member and cluster ids."""
+        fresh = self.data_dir.with_name(f"{self.name}-restored-{uuid.uuid4().hex[:6]}")
+        tool = _restore_tool(self.binary)
+        subprocess.run(
+            [str(tool), "snapshot", "restore", str(snapshot), f"--data-dir={fresh}", f"--name={self.name}",
+             f"--initial-cluster={self.initial_cluster or f'{self.name}={self.peer_url}'}",
+             f"--initial-advertise-peer-urls={self.peer_url}", f"--initial-cluster-token={CLUSTER_TOKEN}"],
+            check=True, capture_output=True, timeout=60, env={**os.environ, "ETCDCTL_API": "3"},
+        )
+        self.data_dir = fresh
+
+
+def _restore_tool(binary: Path) -> Path:
+    """The snapshot restore tool of the etcd release ``binary`` belongs to (data dirs are versioned)."""
+    for name in ("etcdutl", "etcdctl"):
+        if binary.with_name(name).is_file():
+            return binary.with_name(name)
+    return find_etcd_binary("etcdutl")
+
 
 class EtcdCluster:
     """One or more etcd members on loopback, each in its own data dir under ``workdir``."""
@@ -244,13 +272,15 @@ class EtcdCluster:
         if self._tmp is not None:
             self._tmp.cleanup()
 
-    def ctl(self, *args: str, timeout: float = 30.0, user: str | None = None) -> str:
-        """Run ``etcdctl`` against the running members and return its stdout; raise on failure.
+    def ctl(self, *args: str, timeout: float = 30.0, user: str | None = None,
+            members: Sequence[EtcdMember] | None = None) -> str:
+        """Run ``etcdctl`` against the running ``members`` (default: all) and return its stdout; raise
+        on failure.
 
         Over TLS when the cluster serves it; ``user`` (``name:password``) logs in (etcd auth enabled).
         """
         etcdctl = find_etcd_binary("etcdctl")
-        live = [m.client_url for m in self.members if m.running]
+        live = [m.client_url for m in (self.members if members is None else members) if m.running]
         env = {**os.environ, "ETCDCTL_API": "3"}
         flags = [*(self.tls.ctl_flags() if self.tls else []), *([f"--user={user}"] if user else [])]
         result = subprocess.run(
@@ -260,6 +290,23 @@ class EtcdCluster:
         if result.returncode != 0:
             raise RuntimeError(f"etcdctl {' '.join(args)} failed: {result.stderr.strip()}")
         return result.stdout
+
+    def save_snapshot(self, path: Path) -> int:
+        """``etcdctl snapshot save`` from one running member into ``path``; returns its revision."""
+        member = next(m for m in self.members if m.running)
+        self.ctl("snapshot", "save", str(path), members=[member])
+        status = self.ctl("snapshot", "status", str(path), "--write-out=json")
+        return int(json.loads(status)["revision"])
+
+    def restore(self, snapshot: Path) -> None:
+        """Restore ``snapshot`` as an operator would after losing the data: SIGKILL every member,
+        restore each into a fresh data dir, start them all.  etcd's revision goes back to the
+        snapshot's; the cluster id stays the same."""
+        for member in self.members:
+            member.kill()
+        for member in self.members:
+            member.restore_data(snapshot)
+        self.start()
 
     def __enter__(self) -> EtcdCluster:
         return self.start()
