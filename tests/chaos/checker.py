@@ -49,7 +49,7 @@ from chaos.sse_records import marker, revision_of_id
 
 Match = Callable[[str], bool]
 FRAME_KINDS = ("change", "reset", "progress", "invalid", "malformed")
-# reset reasons whose revision may be below the client's: etcd was restored or replaced (none in these runs)
+# reset reasons whose revision may be below the client's: etcd was restored or replaced (``epochs``)
 BACKWARDS_REASONS = frozenset({"cluster_changed", "revision_went_back", "resume_ahead_of_cluster"})
 EXCEPTION_PATTERNS = ("Traceback (most recent call last)", "Task exception was never retrieved",
                       "exception was never retrieved", "Task was destroyed but it is pending")
@@ -161,6 +161,8 @@ class StreamCheck:
         # still waiting for it; a connection lost meanwhile resumes before it and may repeat them.
         self.open_txn: int | None = None
         self.replayable: int | None = None
+        # set by ``EpochCheck`` for the stream's first frame after an etcd restore: a backwards reset
+        self.backwards_allowed = False
 
     def violation(self, kind: str, **details: Any) -> None:
         self.violations.append({"consumer": self.consumer, "kind": kind, "url": self.url, **details})
@@ -278,8 +280,9 @@ class StreamCheck:
         if not isinstance(r, int):
             self.violation("malformed_reset", frame={k: v for k, v in rec.items() if k != "ns"})
             return
-        if rec.get("reason") in BACKWARDS_REASONS:
+        if rec.get("reason") in BACKWARDS_REASONS and not self.backwards_allowed:
             self.violation("backwards_reset_without_restore", id=r, reason=rec.get("reason"), pos=self.pos)
+        self.backwards_allowed = False
         if r < self.pos:
             self.violation("reset_id_went_back", id=r, pos=self.pos, reason=rec.get("reason"))
         snapshot = {ns: (v[0], v[1]) for ns, v in (rec.get("ns") or {}).items()}
@@ -386,10 +389,14 @@ class CallbackCheck:
     """
 
     def __init__(self, consumer: str, match: Match, truth: Truth, violations: list[dict[str, Any]],
-                 corrupted: Iterable[str] = (), missed_same_revision: set[tuple[str, int]] | None = None) -> None:
+                 corrupted: Iterable[str] = (), missed_same_revision: set[tuple[str, int]] | None = None,
+                 final_truth: Truth | None = None) -> None:
+        """``truth``: etcd's history when the process started (its disk snapshots come from it);
+        ``final_truth``: the one its final state is checked against, if etcd was restored since."""
         self.consumer = consumer
         self.match = match
         self.truth = truth
+        self.final_truth = final_truth or truth
         self.violations = violations
         self.corrupted = set(corrupted)
         self.known: dict[str, int] = {}
@@ -397,6 +404,7 @@ class CallbackCheck:
         self.stream_rev = 0
         self.expected: deque[_Expected] = deque()
         self.last_cb: dict[str, tuple[int, str | None]] = {}
+        self.order: dict[str, int] = {}  # revision of the last call per namespace in etcd's current history
         # same-revision changes the client missed, shared by the incarnations of one process (a
         # persisted resume point carries a miss over a restart)
         self.missed_same_revision = set() if missed_same_revision is None else missed_same_revision
@@ -444,9 +452,10 @@ class CallbackCheck:
 
     def _callback(self, ns: str, rev: int, m: str | None) -> None:
         self.stats["callbacks"] += 1
-        last = self.last_cb.get(ns)
-        if last is not None and rev <= last[0]:
-            self.violation("callback_not_increasing", ns=ns, rev=rev, previous=last[0])
+        previous = self.order.get(ns)
+        if previous is not None and rev <= previous:
+            self.violation("callback_not_increasing", ns=ns, rev=rev, previous=previous)
+        self.order[ns] = rev
         self.last_cb[ns] = (rev, m)
         if not self.match(ns):
             self.violation("callback_for_unsubscribed_namespace", ns=ns, rev=rev)
@@ -512,7 +521,9 @@ class CallbackCheck:
             return
         snapshot = rec.get("ns") or {}
         if rec.get("reason") in BACKWARDS_REASONS or r < self.stream_rev:
-            # the SDK replaces its state outright (the stream check reports the backwards reset itself)
+            # the SDK replaces its state outright (the stream check reports the backwards reset itself);
+            # the revisions of etcd's new history start again below the old ones
+            self.order = {}
             self.known = {ns: v[0] for ns, v in snapshot.items()}
             self.has_doc = {ns: True for ns in snapshot}
             self.stream_rev = r
@@ -541,7 +552,7 @@ class CallbackCheck:
         self._missing(len(self.expected))
         if final_state is None:
             return
-        expected = self.truth.final_for(self.match)
+        expected = self.final_truth.final_for(self.match)
         by_callbacks = {ns: v for ns, v in self.last_cb.items() if v[1] is not None}
         got = {ns: (v[0], v[1]) for ns, v in final_state.items()}
         for kind, state in (("callbacks_final_state_differs", by_callbacks), ("sdk_final_state_differs", got)):

@@ -33,20 +33,22 @@ from chaos.checker import (
     selector_matcher,
     split_incarnations,
 )
-from chaos.sse_records import marker
+from chaos.epochs import Epoch, EpochCheck, epoch_at
+from chaos.sse_records import marker, revision_of_id
 from chaos.streams import RawSubscriber, StalledSubscriber
 from chaos.topology import Replica, SdkDriver, Topology
 from chaos.writer import Writer
 
 FAULT_KINDS = (
     "etcd_kill", "etcd_kill_leader", "etcd_pause", "replica_pause", "replica_kill",
-    "compact_paused", "stall_reader", "sdk_corrupt_restart", "sdk_kill",
+    "compact_paused", "stall_reader", "sdk_corrupt_restart", "sdk_kill", "etcd_restore",
 )
 # Bugs the suite found, each pinned by an xfail(strict) regression test: their violations are
 # tagged ``known_bug`` and do not fail a run.  Remove an entry together with the test's xfail marker.
 KNOWN_BUGS: dict[str, str] = {}  # none open: every bug found so far is fixed (docs/fault-suite.md)
 APPLIED = "configcenter_applied_revision"
 RESYNCS = "configcenter_mirror_resyncs_total"
+DIVERGED = "configcenter_mirror_diverged_total"
 OVERFLOWS = "configcenter_subscriber_overflows_total"
 BLOB_PAD = 60_000
 STALL_PUSHES = 150  # x 60 KB = 9 MB
@@ -73,6 +75,12 @@ class ChaosRun:
         self.relist_windows: list[tuple[int, int]] = []
         self.corrupted: dict[tuple[str, int], set[str]] = {}
         self.extra_stats: Counter[str] = Counter()
+        # etcd histories that restores ended (the current one is read at the end), and where each
+        # ended in the writer's records
+        self.epochs: list[Epoch] = []
+        self.write_marks: list[int] = []
+        self.current_epoch = (0.0, 0)  # (began, backup revision) of etcd's current history
+        self.probes: list[StalledSubscriber] = []  # resumes from a discarded history (``etcd_restore``)
         self.started = time.monotonic()
 
     def say(self, message: str) -> None:
@@ -135,6 +143,7 @@ class ChaosRun:
             "replica_pause": self.replica_pause, "replica_kill": self.replica_kill,
             "compact_paused": self.compact_paused, "stall_reader": self.stall_reader,
             "sdk_corrupt_restart": self.sdk_corrupt_restart, "sdk_kill": self.sdk_kill,
+            "etcd_restore": self.etcd_restore,
         }
         return await faults[kind](http)
 
@@ -216,6 +225,80 @@ class ChaosRun:
                 self.relist_windows.append((int(before[r.name][APPLIED]), high))
         self.extra_stats["resyncs"] += sum(resyncs.values())
         return {"replica": replica.name, "compacted_at": compacted, "resyncs": resyncs}
+
+    async def etcd_restore(self, http: aiohttp.ClientSession) -> dict[str, Any]:
+        """Back up etcd, let the writer go on, then lose every member's data and restore the backup:
+        etcd's revision goes back, acknowledged writes after the backup are gone, and its new history
+        reuses their revision numbers.  The writer pauses across the restore (so etcd's old history
+        can be read whole) and resumes once every replica has noticed."""
+        assert self.writer is not None
+        cluster = self.topo.etcd.cluster
+        backup = self.workdir / f"backup-{len(self.fault_log)}.db"
+        backup_revision = await asyncio.to_thread(cluster.save_snapshot, backup)
+        await asyncio.sleep(self.rng.uniform(0.5, 2.0))  # acknowledged writes the restore will lose
+        await self.writer.stop()
+        await asyncio.sleep(0.5)  # the subscribers receive the last writes
+        stale_id = self.subs[0].last_id  # a resume id in the history about to be discarded
+        before = {r.name: (await r.metrics(http)).get(DIVERGED, 0) for r in self.topo.replicas}
+        old = await self._read_truth()
+        self.epochs.append(Epoch(old, *self.current_epoch))
+        self.write_marks.append(len(self.writer.records))
+        self.relist_windows = []
+        self.current_epoch = (time.time(), backup_revision)
+        try:
+            await asyncio.to_thread(cluster.restore, backup)
+        finally:
+            self.writer.forget_after(backup_revision)
+
+        async def followed() -> bool:
+            after = {r.name: (await r.metrics(http)).get(DIVERGED, 0) for r in self.topo.replicas}
+            return all(after[name] > count for name, count in before.items())
+
+        if not await self._wait(followed, 30, "every replica noticed the restore"):
+            self.violations.append({"consumer": "system", "kind": "replica_missed_restore",
+                                    "backup_revision": backup_revision, "old_revision": old.final_rev})
+        self.writer.resume()
+        self.extra_stats["restores"] += 1
+        probe = await self._resume_in_discarded_history(http, stale_id, backup_revision)
+        return {"backup_revision": backup_revision, "discarded_up_to": old.final_rev, "probe": probe}
+
+    async def _resume_in_discarded_history(self, http: aiohttp.ClientSession, stale_id: str | None,
+                                           backup_revision: int) -> str:
+        """Once etcd's new history has passed ``stale_id``'s revision, resume from it on each replica:
+        the number now also names a release of the new history, and only a reset is right (a
+        consumer checked like any other, ``resume-probe-N``)."""
+        stale = revision_of_id(stale_id) or 0
+        assert self.writer is not None
+        if stale <= backup_revision:
+            return "no id in the discarded history"
+        if not await self._wait(lambda: self._past(stale), 30, "new history passes the stale id"):
+            return "new history did not pass the stale id"
+        for replica in self.topo.replicas:
+            await self._wait(lambda r=replica: self._applied_at_least(http, r, stale + 1), 10, "replica catches up")
+            probe = StalledSubscriber(f"resume-probe-{len(self.probes)}", replica.url, ["app/", "other/"])
+            self.probes.append(probe)
+            try:
+                await probe.open(resume=stale_id)
+                await probe.read_until(lambda rec: rec["k"] in ("reset", "change"), 10)
+            finally:
+                await probe.close()
+        return f"resumed from {stale_id} on every replica"
+
+    async def _past(self, revision: int) -> bool:
+        assert self.writer is not None
+        try:
+            return await self.writer.current_revision() > revision
+        except Exception:  # the writer's etcd client is still reconnecting after the restore
+            return False
+
+    async def _read_truth(self, final_rev: int | None = None) -> Truth:
+        """etcd's history, documents and revision now (the writer stopped), with this history's re-list windows."""
+        assert self.writer is not None
+        final_rev = final_rev or await self.writer.current_revision()
+        root = f"{self.writer.layout.prefix}history/".encode()
+        history = await self.writer.read_range("history/")
+        docs = await self.writer.read_range("docs/")
+        return Truth(entries_from_history(history, root), _docs_state(docs), final_rev, self.relist_windows)
 
     async def _fill(self, ns: str, count: int) -> None:
         assert self.writer is not None
@@ -375,31 +458,37 @@ class ChaosRun:
             await sub.stop()
         for driver in self.topo.drivers:
             await asyncio.to_thread(driver.stop)
-        root = f"{writer.layout.prefix}history/".encode()
-        history = await writer.read_range("history/")
-        docs = await writer.read_range("docs/")
+        truth = await self._read_truth(final_rev)
         for replica in self.topo.replicas:
             await asyncio.to_thread(replica.stop)
-        truth = Truth(entries_from_history(history, root), _docs_state(docs), final_rev, self.relist_windows)
-        return self.check(truth)
+        return self.check([*self.epochs, Epoch(truth, *self.current_epoch)])
 
-    def check(self, truth: Truth) -> dict[str, Any]:
+    def check(self, epochs: list[Epoch]) -> dict[str, Any]:
+        """Every consumer against etcd's history (one per restore, ``epochs``), every write against
+        the history it was made in."""
         assert self.writer is not None
         v = self.violations
+        truth = epochs[-1].truth
         _dump(self.workdir / "writes.jsonl", self.writer.records)
         for sub in self.subs:
             _dump(self.workdir / f"{sub.name}.jsonl", sub.records)
-        _check_truth(truth, v)
-        writes = _check_writes(self.writer.records, truth, v)
+        writes: Counter[str] = Counter()
+        bounds = [0, *self.write_marks, len(self.writer.records)]
+        for i, epoch in enumerate(epochs):
+            _check_truth(epoch.truth, v)
+            writes.update(_check_writes(self.writer.records[bounds[i]:bounds[i + 1]], epoch.truth, v))
+            if i + 1 < len(epochs):
+                writes["acknowledged_then_lost_to_restore"] += _lost_to_restore(
+                    self.writer.records[bounds[i]:bounds[i + 1]], epochs[i + 1].backup_revision)
         consumers: dict[str, dict[str, Any]] = {}
-        for sub in self.subs:
-            check = StreamCheck(sub.name, selector_matcher(sub.selectors), truth, v)
+        for sub in [*self.subs, *self.probes]:
+            check = EpochCheck(sub.name, selector_matcher(sub.selectors), epochs, v)
             for rec in sub.records:
                 check.feed(rec)
-            check.finish(final=True)
+            check.finish(final=sub in self.subs)
             consumers[sub.name] = dict(check.stats)
         for driver in self.topo.drivers:
-            consumers.update(self._check_driver(driver, truth))
+            consumers.update(self._check_driver(driver, epochs))
         logs = {p.name: scan_log(p.name, p.log_text(), v) for p in [*self.topo.replicas, *self.topo.drivers]}
         total = Counter[str]()
         for stats in consumers.values():
@@ -415,7 +504,9 @@ class ChaosRun:
             "etcd": self.topo.etcd_version,
             "faults_run": len(self.fault_log),
             "faults": dict(Counter(f["kind"] for f in self.fault_log)),
-            "writes": writes,
+            "writes": dict(writes),
+            "restores": len(epochs) - 1,
+            "restores_followed": total["restores_followed"],
             "etcd_final_revision": truth.final_rev,
             "releases_in_etcd": len(truth.entries),
             "changes_checked": total["changes"] + self.extra_stats["stall_changes_checked"],
@@ -426,7 +517,7 @@ class ChaosRun:
             "superseded_by_relist": total["superseded_by_relist"],
             "resyncs": self.extra_stats["resyncs"],
             "relist_deletions": total["relist_deletions"],
-            "relist_windows": self.relist_windows,
+            "relist_windows": [w for epoch in epochs for w in epoch.truth.relist_windows],
             "log_exceptions": logs,
             "consumers": consumers,
             "violations_by_kind": dict(Counter(x["kind"] for x in v)),
@@ -438,7 +529,7 @@ class ChaosRun:
             "workdir": str(self.workdir),
         }
 
-    def _check_driver(self, driver: SdkDriver, truth: Truth) -> dict[str, dict[str, Any]]:
+    def _check_driver(self, driver: SdkDriver, epochs: list[Epoch]) -> dict[str, dict[str, Any]]:
         out = {}
         match = selector_matcher(driver.selectors)
         runs = split_incarnations(driver.records())
@@ -449,9 +540,10 @@ class ChaosRun:
             final = next((r for r in records if r.get("k") == "final"), None)
             if last and final is None:
                 self.violations.append({"consumer": name, "kind": "sdk_no_final_record"})
-            stream = StreamCheck(name, match, truth, self.violations)
-            callbacks = CallbackCheck(name, match, truth, self.violations, self.corrupted.get((driver.name, i), ()),
-                                      missed)
+            started = float(records[0].get("t", 0.0))
+            stream = EpochCheck(name, match, epochs, self.violations, started=started)
+            callbacks = CallbackCheck(name, match, epochs[epoch_at(epochs, started)].truth, self.violations,
+                                      self.corrupted.get((driver.name, i), ()), missed, final_truth=epochs[-1].truth)
             for rec in records:
                 stream.feed(rec)
                 callbacks.feed(rec)
@@ -535,6 +627,11 @@ def _check_truth(truth: Truth, v: list[dict[str, Any]]) -> None:
         v.append({"consumer": "etcd", "kind": "delete_of_absent_namespace_in_history", "ns": e.ns, "rev": e.rev})
 
 
+def _lost_to_restore(records: list[dict[str, Any]], backup_revision: int) -> int:
+    """Acknowledged writes above the revision of the backup etcd was then restored from."""
+    return sum(1 for rec in records if rec.get("outcome") == "ack" and rec.get("rev", 0) > backup_revision)
+
+
 def _check_writes(records: list[dict[str, Any]], truth: Truth, v: list[dict[str, Any]]) -> dict[str, Any]:
     """Every acknowledged write is in etcd at its revision; count how many ambiguous ones committed."""
     counts: Counter[str] = Counter()
@@ -587,6 +684,8 @@ def summary(report: dict[str, Any], examples: int = 0) -> str:
         f"resets {report['resets']} (stalled reader {report['stalled_reader_resets']}), "
         f"superseded by reset {report['superseded_by_reset']}, by re-list {report['superseded_by_relist']}, "
         f"resyncs {report['resyncs']} (re-list deletions delivered {report['relist_deletions']})",
+        f"  etcd restores {report['restores']} (followed by consumers {report['restores_followed']} times, "
+        f"acknowledged writes lost to them {report['writes'].get('acknowledged_then_lost_to_restore', 0)})",
         f"  violations: {len(report['violations'])} {report['violations_by_kind']}",
         f"  of which known bugs: {report['known_bugs']}",
         f"  UNEXPLAINED: {len(report['unexplained'])} {report['unexplained_by_kind']}",

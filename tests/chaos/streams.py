@@ -3,7 +3,8 @@
 ``RawSubscriber`` behaves like a minimal SDK: on any error or ``idle`` seconds of
 silence it moves to the next replica and resumes with ``Last-Event-ID`` = the
 last id it received, verbatim.  ``StalledSubscriber`` is the slow reader of the
-``stall_reader`` fault: a tiny receive buffer, and it stops reading on command.
+``stall_reader`` fault: a tiny receive buffer, and it stops reading on command (also the one-shot
+resume probe of ``etcd_restore``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import random
 import socket
+import time
 from typing import Any
 
 import aiohttp
@@ -60,7 +62,7 @@ class RawSubscriber:
         headers = {"Accept": "text/event-stream"}
         if self.last_id is not None:
             headers["Last-Event-ID"] = self.last_id
-        self.records.append({"k": "conn", "url": url, "since": self.last_id})
+        self.records.append({"k": "conn", "url": url, "since": self.last_id, "t": time.time()})
         params = [("ns", s) for s in self.selectors]
         # sock_read also bounds the wait for response headers (a SIGSTOPped replica accepts, never answers)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=1.0, sock_read=self.idle)
@@ -77,10 +79,13 @@ class RawSubscriber:
                     self._record(frame_record(event, event_id, data, url), event_id)
 
     def _record(self, rec: dict[str, Any], event_id: str | None) -> None:
+        rec["t"] = time.time()  # which etcd history it belongs to, if etcd is restored (``epochs``)
         self.records.append(rec)
         if event_id is not None:
             self.last_id = event_id
-        if rec.get("pos") is not None:
+        if rec["k"] == "reset" and rec.get("pos") is not None:
+            self.pos = rec["pos"]  # authoritative, even below the position (etcd restored)
+        elif rec.get("pos") is not None:
             self.pos = max(self.pos, rec["pos"])
 
 
@@ -105,11 +110,13 @@ class StalledSubscriber:
         self._session: aiohttp.ClientSession | None = None
         self._resp: aiohttp.ClientResponse | None = None
 
-    async def open(self) -> None:
+    async def open(self, resume: str | None = None) -> None:
         connector = aiohttp.TCPConnector(socket_factory=small_receive_buffer)
         self._session = aiohttp.ClientSession(connector=connector)
-        self.records.append({"k": "conn", "url": self.url, "since": None})
+        self.records.append({"k": "conn", "url": self.url, "since": resume, "t": time.time()})
+        headers = {} if resume is None else {"Last-Event-ID": resume}
         self._resp = await self._session.get(f"{self.url}/v1/watch", params=[("ns", s) for s in self.selectors],
+                                             headers=headers,
                                              timeout=aiohttp.ClientTimeout(total=None, sock_connect=2.0))
         if self._resp.status != 200:
             raise RuntimeError(f"stalled subscriber got HTTP {self._resp.status}")
@@ -132,6 +139,7 @@ class StalledSubscriber:
             done = False
             for event, event_id, data in self._parser.feed(chunk):
                 rec = frame_record(event, event_id, data, self.url)
+                rec["t"] = time.time()
                 self.records.append(rec)
                 if rec.get("pos") is not None:
                     self.pos = max(self.pos, rec["pos"])

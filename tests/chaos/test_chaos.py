@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from chaos.checker import CallbackCheck, Entry, StreamCheck, Truth, scan_log, selector_matcher, split_incarnations
+from chaos.epochs import Epoch, EpochCheck
 from chaos.runner import FAULT_KINDS, bug_signature, known_bug, run_chaos, summary
 from chaos.sse_records import SSEParser, frame_record, revision_of_id
 
@@ -204,6 +205,75 @@ def test_sdk_must_not_load_a_corrupted_snapshot() -> None:
     assert [len(run) for run in split_incarnations([{"k": "start"}, {"k": "cb"}, {"k": "start"}])] == [2, 1]
 
 
+# -- across an etcd restore (chaos.epochs) -----------------------------------------------------------
+# a backup at 10; the old history went on to 13, the restored one reuses 12 and 13 for other releases
+OLD = truth(("app/a", 10, "put", "a1"), ("app/a", 12, "put", "a2"), ("app/b", 13, "put", "b1"))
+NEW = truth(("app/a", 10, "put", "a1"), ("app/b", 12, "put", "B1"), ("app/a", 13, "put", "A2"),
+            ("app/a", 14, "put", "A3"))
+EPOCHS = [Epoch(OLD), Epoch(NEW, began=100.0, backup_revision=10)]
+
+
+def at(t: float, rec: dict[str, Any]) -> dict[str, Any]:
+    return {**rec, "t": t}
+
+
+def went_back(rev: int, **ns: tuple[int, str]) -> dict[str, Any]:
+    return {**reset(rev, **ns), "reason": "revision_went_back"}
+
+
+BEFORE = [at(1, CONN), at(1, reset(9)), at(2, change("app/a", 10, 0, "a1")), at(3, change("app/a", 12, 10, "a2")),
+          at(4, change("app/b", 13, 0, "b1"))]
+FOLLOWED = [*BEFORE, at(101, went_back(10, app_a=(10, "a1"))), at(102, change("app/b", 12, 0, "B1")),
+            at(103, change("app/a", 13, 10, "A2")), at(104, change("app/a", 14, 13, "A3"))]
+
+
+def epoch_check(records: list[dict[str, Any]], epochs: list[Epoch] = EPOCHS, final: bool = True,
+                ) -> list[dict[str, Any]]:
+    violations: list[dict[str, Any]] = []
+    stream = EpochCheck("c", APP, epochs, violations)
+    for rec in records:
+        stream.feed(rec)
+    stream.finish(final=final)
+    return violations
+
+
+def test_a_consumer_follows_a_restore_at_its_backwards_reset() -> None:
+    assert epoch_check(FOLLOWED) == []
+    assert "backwards_reset_without_restore" in kinds(epoch_check(FOLLOWED, [Epoch(NEW)]))
+    assert kinds(epoch_check(BEFORE)) == ["did_not_follow_restore"]
+
+
+def test_releases_etcd_lost_must_not_come_back_after_the_restore() -> None:
+    replayed = [*FOLLOWED[:6], at(102, change("app/a", 12, 10, "a2")), *FOLLOWED[6:]]  # a stale replica's ring
+    assert "wrong_content" in kinds(epoch_check(replayed))
+    # resumed inside the discarded history once the new one passed it: a replay, where only a reset is right
+    resumed_silently = [*BEFORE, at(105, {"k": "conn", "url": "u", "since": "c0ffee:13"}),
+                        at(105, change("app/a", 14, 13, "A3"))]
+    assert "wrong_content" in kinds(epoch_check(resumed_silently, final=False))
+
+
+def test_a_resume_in_the_history_both_share_goes_on_in_the_new_one() -> None:
+    common = [*BEFORE[:3], at(101, {"k": "conn", "url": "u", "since": "c0ffee:10"}), *FOLLOWED[6:]]
+    assert epoch_check(common) == []
+    too_early = [*BEFORE[:3], at(99, {"k": "conn", "url": "u", "since": "c0ffee:10"}), *FOLLOWED[6:]]
+    assert "wrong_content" in kinds(epoch_check(too_early))  # before the restore began: the old history
+
+
+def test_callbacks_may_go_back_in_revision_only_after_a_backwards_reset() -> None:
+    records = [CONN, reset(9), change("app/a", 10, 0, "a1"), cb("app/a", 10, "a1"), change("app/a", 12, 10, "a2"),
+               cb("app/a", 12, "a2"), went_back(10, app_a=(10, "a1")), cb("app/a", 10, "a1"),
+               change("app/b", 12, 0, "B1"), cb("app/b", 12, "B1"), change("app/a", 13, 10, "A2"), cb("app/a", 13, "A2"), change("app/a", 14, 13, "A3"),
+               cb("app/a", 14, "A3")]
+    violations: list[dict[str, Any]] = []
+    check_ = CallbackCheck("c", APP, OLD, violations, final_truth=NEW)
+    for rec in records:
+        check_.feed(rec)
+    check_.finish({"app/a": [14, "A3"], "app/b": [12, "B1"]})
+    assert violations == []
+    no_reset = [r for r in records if r.get("reason") != "revision_went_back"]
+    assert "callback_not_increasing" in kinds(callbacks(no_reset, OLD))
+
+
 def test_unhandled_exceptions_in_logs_are_found() -> None:
     log = "\n".join(["INFO ok", "ERROR asyncio: Task exception was never retrieved", "future: <Task ...>",
                      "RuntimeError: aclose(): asynchronous generator is already running", "INFO ok"])
@@ -233,6 +303,8 @@ async def test_short_chaos_run(tmp_path: Path) -> None:
     assert set(report["faults"]) == set(FAULT_KINDS)
     assert report["changes_checked"] > 1000 and report["callbacks_checked"] > 300 and report["resets"] > 0
     assert report["stalled_reader_resets"] >= 1
+    # every consumer (3 raw, 3 SDK processes, 2 resume probes) followed every restore
+    assert report["restores"] >= 1 and report["restores_followed"] >= 8 * report["restores"]
     assert_clean(report)
 
 

@@ -66,7 +66,16 @@ class Writer:
     async def start(self, http: aiohttp.ClientSession) -> None:
         self._http = http
         await self._client.connect()
+        self.resume()
+
+    def resume(self) -> None:
+        """Start writing again after ``stop``."""
+        self._stop.clear()
         self._tasks = [asyncio.create_task(self._loop(), name=f"chaos-writer-{i}") for i in range(self.concurrency)]
+
+    def forget_after(self, revision: int) -> None:
+        """etcd was restored to ``revision``: releases above it are gone, never roll back to them."""
+        self._puts = {ns: kept for ns, revs in self._puts.items() if (kept := [r for r in revs if r <= revision])}
 
     async def stop(self) -> None:
         self._stop.set()
