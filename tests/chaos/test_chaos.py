@@ -262,8 +262,8 @@ def test_a_resume_in_the_history_both_share_goes_on_in_the_new_one() -> None:
 def test_callbacks_may_go_back_in_revision_only_after_a_backwards_reset() -> None:
     records = [CONN, reset(9), change("app/a", 10, 0, "a1"), cb("app/a", 10, "a1"), change("app/a", 12, 10, "a2"),
                cb("app/a", 12, "a2"), went_back(10, app_a=(10, "a1")), cb("app/a", 10, "a1"),
-               change("app/b", 12, 0, "B1"), cb("app/b", 12, "B1"), change("app/a", 13, 10, "A2"), cb("app/a", 13, "A2"), change("app/a", 14, 13, "A3"),
-               cb("app/a", 14, "A3")]
+               change("app/b", 12, 0, "B1"), cb("app/b", 12, "B1"), change("app/a", 13, 10, "A2"),
+               cb("app/a", 13, "A2"), change("app/a", 14, 13, "A3"), cb("app/a", 14, "A3")]
     violations: list[dict[str, Any]] = []
     check_ = CallbackCheck("c", APP, OLD, violations, final_truth=NEW)
     for rec in records:
