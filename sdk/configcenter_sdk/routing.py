@@ -33,14 +33,17 @@ dict (and, for hashing or a regex, the encoded value). It never raises on a
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from bisect import bisect_right
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+from configcenter_sdk._evaluator import MAX_GENERATED_STEPS, Evaluator, Step, generated, walk
+from configcenter_sdk._evaluator import bucket as _bucket
+from configcenter_sdk._evaluator import hasher as _hasher
 from configcenter_sdk._matchers import HEADER_RE as _HEADER_RE
 from configcenter_sdk._matchers import HeaderMatcher, compile_header
 from configcenter_sdk._matchers import fail as _fail
@@ -69,23 +72,9 @@ _SERVICE_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _RULE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _CLUSTER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SEED_RE = re.compile(r"[\x20-\x7e]{1,64}")
-_from_bytes = int.from_bytes
 
 
 # --------------------------------------------------------------------------- hashing
-
-
-def _hasher(seed: str) -> Any:
-    return hashlib.blake2b(digest_size=8, key=seed.encode())
-
-
-def _bucket(proto: Any, value: str) -> int:
-    h = proto.copy()
-    try:
-        h.update(value.encode())
-    except UnicodeEncodeError:  # lone surrogates: hash their raw code units instead of failing
-        h.update(value.encode("utf-8", "surrogatepass"))
-    return _from_bytes(h.digest(), "big") % 100
 
 
 def stable_bucket(value: str, seed: str = DEFAULT_HASH_SEED) -> int:
@@ -159,13 +148,6 @@ class Rule:
     route: Route
 
 
-# Flattened evaluation plan (tuples unpack faster than slot attribute lookups):
-# a condition is (name, test, on_absent, want); a step is
-# (conditions, (percent header, limit, hasher) | None, pre-built decision | weighted pick).
-_Cond = tuple[str, Callable[[str], object], bool, bool]
-_Percent = tuple[str, int, Any]
-_Pick = Callable[[Mapping[str, str]], RouteDecision]
-_Step = tuple[tuple[_Cond, ...], _Percent | None, RouteDecision | _Pick]
 # a request's header name -> (lower-cased name or None if unread, its RuleIndex.keyed entry or None)
 _Name = tuple[str | None, tuple[int, dict[str, int]] | None]
 
@@ -183,9 +165,9 @@ class RouteTable:
     rules: tuple[Rule, ...]
     default: Route
     hash_seed: str = DEFAULT_HASH_SEED
-    _plan: tuple[_Step, ...] = field(init=False, repr=False, compare=False)
+    _plan: tuple[Step, ...] = field(init=False, repr=False, compare=False)
     _index: RuleIndex = field(init=False, repr=False, compare=False)
-    _selections: dict[int, tuple[_Step, ...]] = field(init=False, repr=False, compare=False)
+    _evaluators: dict[int, Evaluator] = field(init=False, repr=False, compare=False)
     _names: dict[str, _Name] = field(init=False, repr=False, compare=False)
     _read: frozenset[str] = field(init=False, repr=False, compare=False)  # header names any rule reads
 
@@ -193,7 +175,7 @@ class RouteTable:
         plan = (*(_step(r.headers, r.percent, r.route) for r in self.rules), _step((), None, self.default))
         object.__setattr__(self, "_plan", plan)  # frozen: set once, here
         object.__setattr__(self, "_index", RuleIndex.build(self.rules))
-        object.__setattr__(self, "_selections", {})
+        object.__setattr__(self, "_evaluators", {})
         object.__setattr__(self, "_names", {})
         object.__setattr__(self, "_read", frozenset(_names_read(self.rules, self.default)))
 
@@ -201,8 +183,9 @@ class RouteTable:
         """Pick the route for a request with these headers (names case-insensitive).
 
         Only the rules the index cannot rule out are evaluated, in table order, so the answer
-        is the first matching rule's, exactly as if every rule were tried.  A percent header
-        is hashed at most once per call (one seed per table).
+        is the first matching rule's, exactly as if every rule were tried (by code generated
+        for that set of rules, ``_evaluator``).  A percent header is hashed at most once per
+        call (one seed per table).
         """
         index = self._index
         candidates = index.unconditional
@@ -215,26 +198,11 @@ class RouteTable:
             h[low] = value
             if entry is not None:  # a repeated name ORs both values' rules: a superset is safe
                 candidates |= entry[0] | entry[1].get(value, 0)
-        if candidates == index.everything:
-            steps = self._plan
-        else:
-            steps = self._selections.get(candidates) or self._steps_of(candidates)
-        get = h.get
-        buckets: dict[str, int] | None = None
-        for conds, percent, target in steps:
-            for cond_name, test, on_absent, want in conds:
-                v = get(cond_name)
-                # the (possibly inverted) result must equal ``want``
-                if (not (on_absent if v is None else test(v))) is want:
-                    break
-            else:
-                if percent is not None:
-                    if buckets is None:
-                        buckets = {}
-                    if not _admits(percent, get, buckets):
-                        continue
-                return target if isinstance(target, RouteDecision) else target(h)
-        raise AssertionError("unreachable: the default route is always a candidate")
+        evaluate = self._evaluators.get(candidates)
+        if evaluate is None:
+            evaluate = self._evaluator_of(candidates)
+        decision: RouteDecision = evaluate(h)
+        return decision
 
     def _learn(self, name: str) -> _Name:
         """The lower-cased ``name`` (None when no rule reads it) and its index entry, remembered for
@@ -246,15 +214,19 @@ class RouteTable:
             self._names[name] = found
         return found
 
-    def _steps_of(self, candidates: int) -> tuple[_Step, ...]:
-        """The candidate steps in table order, remembered per candidate set (``route`` looks there
-        first): requests repeat a few header shapes.  At most ``_MAX_SELECTIONS`` are kept (header
-        values are the caller's to choose), past that each is computed afresh; a dict store is
-        atomic under the GIL."""
-        steps = tuple(_selected(self._plan, candidates))
-        if len(self._selections) < _MAX_SELECTIONS:
-            self._selections[candidates] = steps
-        return steps
+    def _evaluator_of(self, candidates: int) -> Evaluator:
+        """The evaluator of the candidate steps in table order, remembered per candidate set
+        (``route`` looks there first): requests repeat a few header shapes.  At most
+        ``_MAX_SELECTIONS`` are kept (header values are the caller's to choose); past that the
+        steps are walked, never compiled, so no request makes ``route()`` compile code without
+        bound.  A dict store is atomic under the GIL."""
+        everything = candidates == self._index.everything
+        steps = self._plan if everything else tuple(_selected(self._plan, candidates))
+        if len(self._evaluators) >= _MAX_SELECTIONS:
+            return partial(walk, steps)
+        evaluate = generated(steps) if len(steps) <= MAX_GENERATED_STEPS else partial(walk, steps)
+        self._evaluators[candidates] = evaluate
+        return evaluate
 
 
 _MAX_SELECTIONS = 256
@@ -274,19 +246,7 @@ def _names_read(rules: tuple[Rule, ...], default: Route) -> Iterator[str]:
             yield rule.percent.header
 
 
-def _admits(percent: _Percent, get: Callable[[str], str | None], buckets: dict[str, int]) -> bool:
-    """Whether the request is inside ``percent``; ``buckets`` memoizes the header's bucket."""
-    name, limit, hasher = percent
-    bucket = buckets.get(name)
-    if bucket is None:
-        value = get(name)
-        if value is None:
-            return False
-        bucket = buckets[name] = _bucket(hasher, value)
-    return bucket < limit
-
-
-def _selected(plan: tuple[_Step, ...], candidates: int) -> Iterator[_Step]:
+def _selected(plan: tuple[Step, ...], candidates: int) -> Iterator[Step]:
     """The steps whose bits are set, in table order."""
     while candidates:
         lowest = candidates & -candidates
@@ -294,11 +254,10 @@ def _selected(plan: tuple[_Step, ...], candidates: int) -> Iterator[_Step]:
         yield plan[lowest.bit_length() - 1]
 
 
-def _step(conds: tuple[HeaderMatcher, ...], percent: PercentMatcher | None, route: Route) -> _Step:
-    plan_conds = tuple((m.name, m.test, m.on_absent, m.want) for m in conds)
+def _step(matchers: tuple[HeaderMatcher, ...], percent: PercentMatcher | None, route: Route) -> Step:
     plan_percent = None if percent is None else (percent.header, percent.value, percent.hasher)
     target = route.decision if isinstance(route, ClusterRoute) else route.pick
-    return plan_conds, plan_percent, target
+    return matchers, plan_percent, target
 
 
 # --------------------------------------------------------------------------- compiler

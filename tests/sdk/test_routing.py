@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from multidict import CIMultiDict
 from ruamel.yaml import YAML
 
+from configcenter_sdk._evaluator import walk
 from configcenter_sdk.errors import RouteTableError
 from configcenter_sdk.routing import RouteDecision, RouteTable, compile_table, stable_bucket
 
@@ -683,7 +685,7 @@ def test_remembered_candidate_sets_are_bounded_and_answers_stay_first_match() ->
         first = (subset & -subset).bit_length() - 1
         want = f"c{first}" if subset else "fallback"
         assert table.route(headers).cluster == want, headers
-    assert 0 < len(table._selections) <= 256
+    assert 0 < len(table._evaluators) <= 256
 
 
 def test_remembered_header_names_are_bounded_and_case_variants_still_match() -> None:
@@ -704,3 +706,24 @@ def test_remembered_header_names_are_bounded_and_case_variants_still_match() -> 
     assert table.route({"X-User": "u-7"}).cluster == table.route({"x-user": "u-7"}).cluster
     assert table.route({"X-User": "u-7"}).rule_id == "half"
     assert table.route({"x-release": "alpha", "x-other": "beta"}).cluster == "fallback"
+
+
+def test_table_content_is_never_source_text_of_the_generated_evaluator() -> None:
+    """Values that would break out of a string literal route as plain data."""
+    nasty = ["'); import os; os._exit(3) #", '"""', "\\", "\n    return None", "{k0}", "k1", "\x00"]
+    doc = {"service": "s", "default": {"cluster": "fallback"},
+           "rules": [{"id": f"r{i}", "match": {"headers": [{"name": "x-v", "exact": v}, {"name": "x-p", "prefix": v}]},
+                      "route": {"cluster": f"c{i}"}} for i, v in enumerate(nasty)]}
+    table = compile_table(doc, revision=1)
+    for i, v in enumerate(nasty):
+        assert table.route({"X-V": v, "X-P": v + "tail"}).cluster == f"c{i}"
+        assert table.route({"X-V": v, "X-P": "other"}).cluster == "fallback"
+
+
+def test_long_plans_are_walked_not_compiled_and_agree() -> None:
+    rules = [{"id": f"r{i}", "match": {"headers": [{"name": "x-a", "suffix": f"-{i}"}]}, "route": {"cluster": f"c{i}"}}
+             for i in range(300)]
+    table = compile_table({"service": "s", "default": {"cluster": "fallback"}, "rules": rules}, revision=1)
+    assert table.route({"x-a": "v-299"}).cluster == "c299" and table.route({"x-a": "v-x"}).cluster == "fallback"
+    (evaluate,) = table._evaluators.values()
+    assert isinstance(evaluate, functools.partial) and evaluate.func is walk

@@ -20,6 +20,7 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from configcenter_sdk._evaluator import generated, walk
 from configcenter_sdk.errors import RouteTableError
 from configcenter_sdk.routing import RouteDecision, compile_table, stable_bucket
 
@@ -257,6 +258,9 @@ def test_valid_tables_route_any_headers_like_the_reference(doc: dict[str, Any],
         decision = table.route(headers)
         assert decision.revision == 7 and decision.cluster in named
         check_decision(decision, doc, headers)
+        # the whole table, generated and walked, picks the rule the index-selected candidates picked
+        lowered = {k.lower(): v for k, v in headers.items()}
+        assert generated(table._plan)(lowered).rule_id == walk(table._plan, lowered).rule_id == decision.rule_id
         regexes = [m for r in doc["rules"] if r["id"] == decision.rule_id for m in r.get("match", {}).get("headers", [])
                    if "regex" in m and m["name"].lower() in {k.lower() for k in headers}]
         event(f"decided by {'default' if decision.rule_id == 'default' else 'a rule'}"
