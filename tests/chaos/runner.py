@@ -239,6 +239,12 @@ class ChaosRun:
         await self.writer.stop()
         await asyncio.sleep(0.5)  # the subscribers receive the last writes
         stale_id = self.subs[0].last_id  # a resume id in the history about to be discarded
+        # a service down across the restore, started again once etcd's new history has passed the
+        # resume point it persisted: its first resume must get a reset too
+        sleeper = self.rng.choice(self.topo.drivers)
+        await asyncio.to_thread(sleeper.kill)
+        sleeper.poll()
+        sleeper_revision = int((sleeper.last_status or {}).get("rev", 0))
         before = {r.name: (await r.metrics(http)).get(DIVERGED, 0) for r in self.topo.replicas}
         old = await self._read_truth()
         self.epochs.append(Epoch(old, *self.current_epoch))
@@ -260,7 +266,12 @@ class ChaosRun:
         self.writer.resume()
         self.extra_stats["restores"] += 1
         probe = await self._resume_in_discarded_history(http, stale_id, backup_revision)
-        return {"backup_revision": backup_revision, "discarded_up_to": old.final_rev, "probe": probe}
+        await self._wait(lambda: self._past(sleeper_revision), 30, "new history passes the sleeper's resume point")
+        sleeper.last_status = None
+        sleeper.start()
+        await self._wait(lambda: _driver_live(sleeper), 30, f"{sleeper.name} live after the restore")
+        return {"backup_revision": backup_revision, "discarded_up_to": old.final_rev, "probe": probe,
+                "sleeper": sleeper.name, "sleeper_resume_point": sleeper_revision}
 
     async def _resume_in_discarded_history(self, http: aiohttp.ClientSession, stale_id: str | None,
                                            backup_revision: int) -> str:
@@ -536,11 +547,12 @@ class ChaosRun:
         missed: set[tuple[str, int]] = set()
         for i, records in enumerate(runs):
             name = f"{driver.name}#{i}"
+            # what it starts from (disk snapshots, resume point) was written by the run before it
+            started = float((runs[i - 1] if i else records)[-1 if i else 0].get("t", 0.0))
             last = i == len(runs) - 1
             final = next((r for r in records if r.get("k") == "final"), None)
             if last and final is None:
                 self.violations.append({"consumer": name, "kind": "sdk_no_final_record"})
-            started = float(records[0].get("t", 0.0))
             stream = EpochCheck(name, match, epochs, self.violations, started=started)
             callbacks = CallbackCheck(name, match, epochs[epoch_at(epochs, started)].truth, self.violations,
                                       self.corrupted.get((driver.name, i), ()), missed, final_truth=epochs[-1].truth)
