@@ -50,6 +50,8 @@ class Body:
 class SseChannel:
     """The body of one event-stream response (see the module docstring)."""
 
+    __slots__ = ("_chunked", "_high_water", "_transport")  # one per subscriber
+
     def __init__(self, transport: asyncio.Transport, *, chunked: bool, high_water: int = HIGH_WATER) -> None:
         self._transport = transport
         self._chunked = chunked

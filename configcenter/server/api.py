@@ -39,25 +39,24 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return web.Response(body=dump_json(data), status=status, content_type="application/json", headers=headers)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except errors.ConfigCenterError as exc:
+def error_response(request: web.Request, exc: Exception) -> web.StreamResponse | None:
+    """The JSON error answer for ``exc`` raised by a handler (called in its ``except`` block); None
+    for what is not an error answer (an HTTP redirect: the caller re-raises it).  The one mapping
+    of exceptions to HTTP statuses besides ``errors.ConfigCenterError.status``."""
+    if isinstance(exc, errors.ConfigCenterError):
         return json_response(exc.to_json(), exc.status)
-    except web.HTTPRequestEntityTooLarge:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         limit = rt(request).settings.limits.max_body_bytes
         err = errors.PayloadTooLargeError(f"request body is larger than the {limit}-byte limit")
         return json_response(err.to_json(), err.status)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            return None
         code = exc.reason.lower().replace(" ", "_")
         body = {"error": {"code": code, "message": f"{exc.reason}: {request.method} {request.path}", "details": {}}}
         return json_response(body, exc.status)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return json_response(errors.ConfigCenterError("internal server error").to_json(), 500)
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return json_response(errors.ConfigCenterError("internal server error").to_json(), 500)
 
 
 def rt(request: web.Request) -> Runtime:

@@ -32,7 +32,6 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from ..model import Origin
 
@@ -146,22 +145,12 @@ def _trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address, trusted: Se
     return any(address in network for network in trusted)
 
 
-def make_audit_middleware(trusted_proxies: Sequence[Network]) -> Middleware:
-    """The middleware that assigns each request its ``RequestInfo`` and writes the audit log line.
-
-    It must run outside the error middleware, so it sees every answer's final status.
-    """
-    trusted = tuple(trusted_proxies)
-
-    @web.middleware
-    async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        info = RequestInfo(trace_id(request.headers), client_address(request, trusted), user_agent(request.headers))
-        request[REQUEST_INFO] = info
-        response = await handler(request)
-        log_outcome(request, info, response.status)
-        return response
-
-    return audit_middleware
+def begin_request(request: web.Request, trusted_proxies: Sequence[Network]) -> RequestInfo:
+    """Assign ``request`` its ``RequestInfo`` (trace id, client, user agent); after the answer,
+    with its final status (errors mapped), ``log_outcome`` writes the audit line."""
+    info = RequestInfo(trace_id(request.headers), client_address(request, trusted_proxies), user_agent(request.headers))
+    request[REQUEST_INFO] = info
+    return info
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:

@@ -252,7 +252,10 @@ class Hub:
         try:
             await channel.write(self._catch_up(sub, since, etcd_revision))
             while not self._closing:
-                await self._send_next(sub, channel)
+                # idle here, in this frame: what an idle subscriber's task holds is paid per connection
+                await sub.wakeup.wait(self._progress_interval)
+                if not self._closing:
+                    await self._send_pending(sub, channel)
         except (ConnectionResetError, ConnectionError):
             pass
         finally:
@@ -294,11 +297,8 @@ class Hub:
             return RESUME_AHEAD
         return None
 
-    async def _send_next(self, sub: Subscription, channel: SseChannel) -> None:
-        """Wait for work (at most ``progress_interval``), then send a reset, the queued changes or a progress."""
-        await sub.wakeup.wait(self._progress_interval)
-        if self._closing:
-            return
+    async def _send_pending(self, sub: Subscription, channel: SseChannel) -> None:
+        """After a wakeup (or ``progress_interval`` idle): send a reset, the queued changes or a progress."""
         if sub.needs_reset is None and not sub.queue and sub.floor > self._mirror.applied_revision:
             etcd_revision = await self._mirror.etcd_revision_for(sub.floor, PROBE_TIMEOUT)
             if etcd_revision is not None and sub.floor > etcd_revision:
