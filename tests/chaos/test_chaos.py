@@ -58,9 +58,10 @@ T = truth(("app/a", 10, "put", "a1"), ("app/b", 11, "put", "b1"), ("app/a", 12, 
           ("app/b", 12, "put", "b2"), ("other/x", 13, "put", "x1"), ("app/a", 14, "delete", None))
 
 
-def check(records: list[dict[str, Any]], t: Truth = T, final: bool = True) -> list[dict[str, Any]]:
+def check(records: list[dict[str, Any]], t: Truth | list[Epoch] = T, final: bool = True) -> list[dict[str, Any]]:
+    """The violations of ``records`` against one truth, or against etcd histories (``epochs``)."""
     violations: list[dict[str, Any]] = []
-    stream = StreamCheck("c", APP, t, violations)
+    stream = EpochCheck("c", APP, t, violations) if isinstance(t, list) else StreamCheck("c", APP, t, violations)
     for rec in records:
         stream.feed(rec)
     stream.finish(final=final)
@@ -229,12 +230,7 @@ FOLLOWED = [*BEFORE, at(101, went_back(10, app_a=(10, "a1"))), at(102, change("a
 
 def epoch_check(records: list[dict[str, Any]], epochs: list[Epoch] = EPOCHS, final: bool = True,
                 ) -> list[dict[str, Any]]:
-    violations: list[dict[str, Any]] = []
-    stream = EpochCheck("c", APP, epochs, violations)
-    for rec in records:
-        stream.feed(rec)
-    stream.finish(final=final)
-    return violations
+    return check(records, epochs, final)
 
 
 def test_a_consumer_follows_a_restore_at_its_backwards_reset() -> None:
