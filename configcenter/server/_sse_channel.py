@@ -50,12 +50,13 @@ class Body:
 class SseChannel:
     """The body of one event-stream response (see the module docstring)."""
 
-    __slots__ = ("_chunked", "_high_water", "_transport")  # one per subscriber
+    __slots__ = ("_chunked", "_high_water", "_transport", "sent")  # one per subscriber
 
     def __init__(self, transport: asyncio.Transport, *, chunked: bool, high_water: int = HIGH_WATER) -> None:
         self._transport = transport
         self._chunked = chunked
         self._high_water = high_water
+        self.sent = False  # set by every write; cleared by whoever watches for idle streams
 
     @classmethod
     async def open(cls, request: web.Request, resp: web.StreamResponse) -> SseChannel:
@@ -74,13 +75,37 @@ class SseChannel:
     def closed(self) -> bool:
         return self._transport.is_closing()
 
+    @property
+    def transport(self) -> asyncio.Transport:
+        return self._transport
+
+    @property
+    def high_water(self) -> int:
+        return self._high_water
+
+    def writable(self) -> bool:
+        """The peer keeps up (at most ``high_water`` bytes buffered) and is still there."""
+        transport = self._transport
+        return not transport.is_closing() and transport.get_write_buffer_size() <= self._high_water
+
     def try_write(self, body: Body) -> bool:
         """Write now if the peer keeps up; False (nothing written) if it lags or is gone."""
-        transport = self._transport
-        if transport.is_closing() or transport.get_write_buffer_size() > self._high_water:
+        if not self.writable():
             return False
         self._put(body)
         return True
+
+    def write_now(self, data: bytes) -> None:
+        """Write whatever the backlog (the caller bounds it): a reset or a queue drained at once."""
+        if not self._transport.is_closing():
+            self._put(Body(data))
+
+    def end(self) -> None:
+        """End the body (the chunked terminator, for HTTP/1.1) and close the connection."""
+        if not self._transport.is_closing():
+            if self._chunked:
+                self._transport.write(b"0\r\n\r\n")
+            self._transport.close()
 
     async def write(self, data: bytes) -> None:
         """Write (always, in order), then wait until the peer's backlog is below the high-water mark.
@@ -100,3 +125,4 @@ class SseChannel:
         data = body.chunk if self._chunked else body.raw
         if data:
             self._transport.write(data)
+            self.sent = True

@@ -13,19 +13,33 @@ clears the flag either way.  Only one task waits at a time (the subscriber's own
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
+
+
+class Notified(Protocol):
+    def wake(self) -> None: ...
 
 
 class Wakeup:
-    __slots__ = ("_flag", "_waiter")
+    __slots__ = ("_flag", "_notify", "_waiter")
 
     def __init__(self) -> None:
         self._flag = False
         self._waiter: asyncio.Future[None] | None = None
+        self._notify: Notified | None = None
+
+    def redirect(self, notify: Notified) -> None:
+        """From now on ``set()`` calls ``notify.wake()`` instead (nobody waits any more: a stream
+        served without a task, ``_detached``)."""
+        self._notify = notify
 
     def is_set(self) -> bool:
         return self._flag
 
     def set(self) -> None:
+        if self._notify is not None:
+            self._notify.wake()
+            return
         self._flag = True
         waiter = self._waiter
         if waiter is not None and not waiter.done():

@@ -52,6 +52,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -59,6 +60,7 @@ from aiohttp import web
 from configcenter_sdk.names import namespace_matcher
 
 from ..errors import EtcdUnavailableError
+from ._detached import DetachedStreams
 from ._sse_channel import Body, SseChannel
 from ._wakeup import Wakeup
 from .changes import Change, ResumePoint, event_id, sse_frames
@@ -155,8 +157,13 @@ class Subscription:
 class Hub:
     """Owns the subscriptions; ``stream()`` is the aiohttp handler body for ``GET /v1/watch``."""
 
-    def __init__(self, mirror: Mirror, metrics: Metrics, *, queue_size: int, progress_interval: float) -> None:
+    def __init__(self, mirror: Mirror, metrics: Metrics, *, queue_size: int, progress_interval: float,
+                 detach: Callable[[Any, Any], bool] | None = None) -> None:
+        """``detach(transport, stream)``: take a connection from aiohttp once its stream is set up
+        (``listener.ConnectionGuard.detach``; None: every stream keeps its task)."""
         self._mirror = mirror
+        self._detach = detach
+        self._detached = DetachedStreams(self, progress_interval)
         self._metrics = metrics
         self._queue_size = queue_size
         self._progress_interval = progress_interval
@@ -176,6 +183,7 @@ class Hub:
         ``InvalidStateError`` logged per connection).
         """
         self._closing = True
+        self._detached.end_all()
         for sub in self.subscriptions:
             sub.wakeup.set()
         deadline = time.monotonic() + timeout
@@ -249,8 +257,13 @@ class Hub:
         sub = Subscription(self._matcher(key), self._queue_size, channel, selectors=key)
         self.subscriptions.add(sub)  # from here to the catch-up frame nothing awaits: no gap, no duplicate
         self._metrics.set("configcenter_subscribers", len(self.subscriptions))
+        detached = False
         try:
             await channel.write(self._catch_up(sub, since, etcd_revision))
+            if self._detach is not None and not self._closing:
+                detached = self._detached.adopt(sub, self._detach)
+                if detached:  # served from ``_detached`` from here; aiohttp has let go of the connection
+                    return resp
             while not self._closing:
                 # idle here, in this frame: what an idle subscriber's task holds is paid per connection
                 await sub.wakeup.wait(self._progress_interval)
@@ -259,9 +272,18 @@ class Hub:
         except (ConnectionResetError, ConnectionError):
             pass
         finally:
-            self.subscriptions.discard(sub)
-            self._metrics.set("configcenter_subscribers", len(self.subscriptions))
+            if not detached:
+                self.forget(sub)
         return resp
+
+    def forget(self, sub: Subscription) -> None:
+        """``sub``'s client is gone."""
+        self.subscriptions.discard(sub)
+        self._metrics.set("configcenter_subscribers", len(self.subscriptions))
+
+    @property
+    def applied_revision(self) -> int:
+        return self._mirror.applied_revision
 
     async def _wait_ready(self) -> None:
         try:
@@ -300,23 +322,31 @@ class Hub:
     async def _send_pending(self, sub: Subscription, channel: SseChannel) -> None:
         """After a wakeup (or ``progress_interval`` idle): send a reset, the queued changes or a progress."""
         if sub.needs_reset is None and not sub.queue and sub.floor > self._mirror.applied_revision:
-            etcd_revision = await self._mirror.etcd_revision_for(sub.floor, PROBE_TIMEOUT)
-            if etcd_revision is not None and sub.floor > etcd_revision:
-                sub.reset(RESUME_AHEAD)
+            await self.check_ahead(sub)
+        frames = self.pending_frames(sub, idle=True)
+        if frames:
+            await channel.write(frames)
+
+    async def check_ahead(self, sub: Subscription) -> None:
+        """``sub``'s floor is above the mirror: a reset if it is above etcd too (etcd went back)."""
+        etcd_revision = await self._mirror.etcd_revision_for(sub.floor, PROBE_TIMEOUT)
+        if etcd_revision is not None and sub.floor > etcd_revision:
+            sub.reset(RESUME_AHEAD)
+
+    def pending_frames(self, sub: Subscription, *, idle: bool) -> bytes:
+        """What ``sub`` is owed now, taken from it: a pending reset, else its queued changes, else
+        (``idle``) a progress; empty if nothing.  The caller writes it before anything else."""
         if sub.needs_reset is not None:
             reason, sub.needs_reset = sub.needs_reset, None
             sub.queue.clear()
-            await channel.write(self._reset_frame(sub, reason))
-            return
+            return self._reset_frame(sub, reason)
         if not sub.queue:
-            await channel.write(self._progress_frame(sub))
-            return
+            return self._progress_frame(sub) if idle else b""
         items = [i for i in sub.queue if isinstance(i, InvalidNotice) or i.revision > sub.floor]
         sub.queue.clear()
-        if not items:
-            return
-        await channel.write(sse_frames(items))
-        self._after_send(sub, items)
+        if items:
+            self._after_send(sub, items)
+        return sse_frames(items) if items else b""
 
     def _after_send(self, sub: Subscription, items: list[Item]) -> None:
         sub.floor = max(sub.floor, _top_revision(items))

@@ -16,6 +16,13 @@ connection's protocol in ``_GuardedProtocol``, which
 
 TLS is passed through: the guard wraps the application protocol, after the
 handshake.
+
+``detach`` hands a connection over from aiohttp to an event stream once the
+response head is out (``_detached``): aiohttp is told the connection is gone
+(``connection_lost(None)``: it drops its request handler, parser and task and
+never touches the transport again, which it no longer holds), and the guard
+forwards the connection's events to the stream instead.  The connection still
+counts against the cap, with no header deadline.
 """
 
 from __future__ import annotations
@@ -66,6 +73,15 @@ class ConnectionGuard:
         if guarded is not None:
             guarded.in_request(False)
 
+    def detach(self, transport: Any, stream: Any) -> bool:
+        """Give ``transport`` to ``stream`` (an ``asyncio.Protocol``-like object without
+        ``connection_made``); False, nothing changed, if this guard does not hold it."""
+        guarded = self._by_transport.get(transport)
+        if guarded is None or guarded.detached:
+            return False
+        guarded.detach(stream)
+        return True
+
     def _opened(self, transport: Any, guarded: _GuardedProtocol) -> bool:
         if self.open >= self.max_connections:
             self.metrics.inc("configcenter_connections_refused_total")
@@ -84,6 +100,8 @@ class ConnectionGuard:
 class _GuardedProtocol(asyncio.Protocol):
     """Forwards everything to aiohttp's ``RequestHandler``; adds the refusal and the deadline."""
 
+    __slots__ = ("_busy", "_deadline", "_guard", "_inner", "_refused", "_transport", "detached")
+
     def __init__(self, inner: Any, guard: ConnectionGuard) -> None:
         self._inner = inner
         self._guard = guard
@@ -91,6 +109,7 @@ class _GuardedProtocol(asyncio.Protocol):
         self._refused = False
         self._busy = False
         self._deadline: asyncio.TimerHandle | None = None
+        self.detached = False
 
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
@@ -127,8 +146,15 @@ class _GuardedProtocol(asyncio.Protocol):
             self._inner.resume_writing()
 
     def in_request(self, busy: bool) -> None:
-        self._busy = busy
+        self._busy = busy or self.detached
         self._disarm()
+
+    def detach(self, stream: Any) -> None:
+        inner, self._inner = self._inner, stream
+        self.detached = self._busy = True
+        self._disarm()
+        inner.transport = None  # so aiohttp's connection_lost cannot close it (its force_close would)
+        inner.connection_lost(None)
 
     def _arm(self) -> None:
         loop = asyncio.get_running_loop()

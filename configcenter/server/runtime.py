@@ -46,11 +46,11 @@ class Runtime:
                            max_request_bytes=settings.etcd_max_request_bytes)
         self.mirror = Mirror(self.client, layout, ring_size=settings.limits.history_ring,
                              tuning=settings.watch, metrics=self.metrics)
-        self.hub = Hub(self.mirror, self.metrics, queue_size=settings.limits.subscriber_queue,
-                       progress_interval=settings.watch.progress_interval)
-        self._tables: dict[str, RouteTable] = {}
         self.connections = ConnectionGuard(settings.limits.max_connections, settings.limits.header_timeout,
                                            self.metrics)
+        self.hub = Hub(self.mirror, self.metrics, queue_size=settings.limits.subscriber_queue,
+                       progress_interval=settings.watch.progress_interval, detach=self.connections.detach)
+        self._tables: dict[str, RouteTable] = {}
         self.parse_limits = ParseLimits(settings.limits.max_doc_bytes, settings.limits.max_depth)
         # (ns, from, to) -> diff body: revisions are immutable, so a diff never goes stale
         self.diffs: LRUCache[tuple[str, int, int], dict[str, Any]] = LRUCache(maxsize=16)
