@@ -15,8 +15,9 @@ and contract as the task path in ``hub.py``:
   :meth:`DetachedStreams.flush`, on the next loop iteration after the subscription is woken
   (its ``Wakeup`` is redirected here), or when the transport's buffer drains
   (``resume_writing``; the transport's high-water mark is the channel's);
-* one task ticks every ``progress_interval``: a stream that sent nothing since the last tick
-  gets a ``progress`` frame, or, when its floor is above the mirror, the check the task path
+* one task ticks every half ``progress_interval``: a stream that sent nothing for a whole tick
+  gets a ``progress`` frame (so a silent stream hears something every 0.5 to 1 times
+  ``progress_interval``), or, when its floor is above the mirror, the check the task path
   makes (``Hub.check_ahead``);
 * the client leaving (``connection_lost``) ends the subscription; ``end_all`` (shutdown) ends
   every body with the chunked terminator and closes the connections.
@@ -124,14 +125,15 @@ class DetachedStreams:
 
     async def _tick(self) -> None:
         while True:
-            await asyncio.sleep(self._progress_interval)
+            await asyncio.sleep(self._progress_interval / 2)
             try:
                 await self._idle_streams()
             except Exception:  # one bad stream must not stop the progress of the others
                 log.exception("progress tick of detached streams failed")
 
     async def _idle_streams(self) -> None:
-        """A progress to every stream that sent nothing for a tick (and can be written to)."""
+        """A progress to every stream that sent nothing for a whole tick (and can be written to);
+        ``sent`` is cleared at each tick and set by every write, the progress included."""
         for sub in list(self.subs):
             channel = sub.channel
             if channel is None or sub not in self.subs:
@@ -143,4 +145,3 @@ class DetachedStreams:
                 await self._hub.check_ahead(sub)  # may owe it a reset: written below
             if channel.writable():
                 channel.write_now(self._hub.pending_frames(sub, idle=True))
-                channel.sent = False
