@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 
 from configcenter.server.settings import Limits
-from helpers import RunningServer, SSEStream
+from helpers import RunningServer, SSEStream, eventually
 
 ROUTES = {"service": "payment", "rules": [], "default": {"cluster": "stable"}}
 ServerFactory = Any
@@ -107,6 +107,29 @@ async def test_connections_beyond_the_cap_are_refused_and_live_streams_keep_goin
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert (await closed_within(reader, 5)).startswith(b"HTTP/1.1 200")
         writer.close()
+
+
+async def test_an_idle_stream_leaves_aiohttp_and_is_still_served_and_counted(
+        make_server: ServerFactory, http: aiohttp.ClientSession) -> None:
+    """Once its head and catch-up are out, a stream's connection is no longer aiohttp's (its request
+    handler, parser and task are gone: server/_detached.py), yet it counts against the cap, gets
+    changes and progress frames (progress_interval 0.5 s here), and leaves when the client does."""
+    server = await make_server(limits=_limits(header_timeout=0.3))
+    aiohttp_server = server.runner.server
+    assert aiohttp_server is not None
+    async with http.get(f"{server.url}/v1/watch?ns=payment/") as resp:
+        stream = SSEStream(resp)
+        assert (await stream.next()).event == "reset"
+        await eventually(lambda: len(aiohttp_server.connections) == 0)
+        assert server.runtime.connections.open == 1 and len(server.runtime.hub.subscriptions) == 1
+        await asyncio.sleep(0.6)  # past the header timeout: no deadline for a detached stream
+        pushed = await server.runtime.store.push("payment/routes", "routes", ROUTES)
+        change = (await stream.until(lambda e: e.event == "change"))[-1]
+        assert (change.data["ns"], change.id) == ("payment/routes", pushed.revision)
+        started = asyncio.get_running_loop().time()
+        progress = await stream.until(lambda e: e.event == "progress", timeout=3)
+        assert asyncio.get_running_loop().time() - started < 1.5 and progress[-1].id == pushed.revision
+    await eventually(lambda: not server.runtime.hub.subscriptions and server.runtime.connections.open == 0)
 
 
 def _limits(**overrides: float) -> Limits:
