@@ -29,17 +29,6 @@ def start_cluster(size: int = 3) -> EtcdCluster:
     return EtcdCluster(size).start()
 
 
-def save_snapshot(cluster: EtcdCluster, path: Path) -> Path:
-    """``etcdctl snapshot save`` of the running cluster into ``path``."""
-    cluster.save_snapshot(path)
-    return path
-
-
-def restore_snapshot(cluster: EtcdCluster, snapshot: Path) -> None:
-    """Restore ``snapshot`` into every member (``EtcdCluster.restore``): etcd's revision goes back."""
-    cluster.restore(snapshot)
-
-
 @dataclass
 class RunningServer:
     url: str

@@ -100,13 +100,13 @@ class DetachedStreams:
             stream.wake()
         return True
 
-    def flush(self, sub: Subscription) -> None:
-        """Write what ``sub`` is owed (a reset, its queue) if its peer keeps up; else wait for
-        ``resume_writing``."""
+    def flush(self, sub: Subscription, *, idle: bool = False) -> None:
+        """Write what ``sub`` is owed (a reset, its queue; with ``idle`` else a progress) if its
+        peer keeps up; else wait for ``resume_writing``."""
         channel = sub.channel
         if channel is None or sub not in self.subs or not channel.writable():
             return
-        frames = self._hub.pending_frames(sub, idle=False)
+        frames = self._hub.pending_frames(sub, idle=idle)
         if frames:
             channel.write_now(frames)
 
@@ -136,12 +136,11 @@ class DetachedStreams:
         ``sent`` is cleared at each tick and set by every write, the progress included."""
         for sub in list(self.subs):
             channel = sub.channel
-            if channel is None or sub not in self.subs:
+            if channel is None:
                 continue
             if channel.sent:
                 channel.sent = False
                 continue
             if sub.needs_reset is None and not sub.queue and sub.floor > self._hub.applied_revision:
                 await self._hub.check_ahead(sub)  # may owe it a reset: written below
-            if channel.writable():
-                channel.write_now(self._hub.pending_frames(sub, idle=True))
+            self.flush(sub, idle=True)

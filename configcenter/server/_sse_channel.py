@@ -72,10 +72,6 @@ class SseChannel:
         return cls(cast(asyncio.Transport, transport), chunked=chunked)
 
     @property
-    def closed(self) -> bool:
-        return self._transport.is_closing()
-
-    @property
     def transport(self) -> asyncio.Transport:
         return self._transport
 

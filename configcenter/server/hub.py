@@ -349,9 +349,10 @@ class Hub:
             return self._progress_frame(sub) if idle else b""
         items = [i for i in sub.queue if isinstance(i, InvalidNotice) or i.revision > sub.floor]
         sub.queue.clear()
-        if items:
-            self._after_send(sub, items)
-        return sse_frames(items) if items else b""
+        if not items:
+            return b""
+        self._after_send(sub, items)
+        return sse_frames(items)
 
     def _after_send(self, sub: Subscription, items: list[Item]) -> None:
         sub.floor = max(sub.floor, _top_revision(items))

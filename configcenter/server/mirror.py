@@ -267,7 +267,7 @@ class Mirror:
                         "the mirror's state and resetting every subscriber", replaced.replace("_", " "), cluster,
                         revision, self.cluster_id, self.applied_revision)
             self.metrics.inc("configcenter_mirror_diverged_total")
-            went_back = cluster == self.cluster_id and revision < self.applied_revision
+            went_back = replaced == REVISION_WENT_BACK  # same cluster, list below what was applied
             self.abandoned = [*self.abandoned[-15:], (revision, self.applied_revision)] if went_back else []
         self.cluster_id = cluster
         self.state.clear()

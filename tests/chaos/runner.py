@@ -264,12 +264,9 @@ class ChaosRun:
             self.violations.append({"consumer": "system", "kind": "replica_missed_restore",
                                     "backup_revision": backup_revision, "old_revision": old.final_rev})
         self.writer.resume()
-        self.extra_stats["restores"] += 1
         probe = await self._resume_in_discarded_history(http, stale_id, backup_revision)
         await self._wait(lambda: self._past(sleeper_revision), 30, "new history passes the sleeper's resume point")
-        sleeper.last_status = None
-        sleeper.start()
-        await self._wait(lambda: _driver_live(sleeper), 30, f"{sleeper.name} live after the restore")
+        await self._start_driver(sleeper)
         return {"backup_revision": backup_revision, "discarded_up_to": old.final_rev, "probe": probe,
                 "sleeper": sleeper.name, "sleeper_resume_point": sleeper_revision}
 
@@ -397,9 +394,7 @@ class ChaosRun:
             result.update(file=path.name, how=how)
         offset = len(driver.log_text())
         driver.poll()  # consume the old process's records, so "live" below is the new one's
-        driver.last_status = None
-        driver.start()
-        await self._wait(lambda: _driver_live(driver), 30, f"{driver.name} live after restart")
+        await self._start_driver(driver)
         if files:
             mentions = ("resume marker", RESUME_MARKER) if result["file"] == RESUME_MARKER else (result["file"],)
             warned = [line for line in driver.log_text()[offset:].splitlines()
@@ -409,6 +404,12 @@ class ChaosRun:
                 self.violations.append({"consumer": driver.name, "kind": "corrupt_snapshot_not_reported",
                                         **result})
         return result
+
+    async def _start_driver(self, driver: SdkDriver) -> None:
+        """Start a stopped SDK process (its old records consumed) and wait until the new one is live."""
+        driver.last_status = None
+        driver.start()
+        await self._wait(lambda: _driver_live(driver), 30, f"{driver.name} live after restart")
 
     # -- recovery, quiesce, check -------------------------------------------------
     async def _wait(self, check: Callable[[], Awaitable[bool] | bool], timeout: float, what: str) -> bool:

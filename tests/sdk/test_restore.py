@@ -23,7 +23,7 @@ from configcenter_sdk._persist import ResumeMarker
 from configcenter_sdk._stream import is_backwards, parse_event_id
 from configcenter_sdk.cache import CachedDoc
 from configcenter_sdk.errors import SnapshotError
-from helpers import RunningServer, envelope, eventually, restore_snapshot, save_snapshot
+from helpers import RunningServer, envelope, eventually
 
 Seen = list[tuple[str, Any, int]]
 
@@ -117,7 +117,8 @@ async def test_etcd_restored_from_a_backup_server_and_sdk_follow(
     async with client:
         await push(http, server, "rs/a", {"v": 1})
         await push(http, server, "rs/b", {"v": 1})
-        backup = save_snapshot(own_etcd, tmp_path / "backup.db")
+        backup = tmp_path / "backup.db"
+        own_etcd.save_snapshot(backup)
         await push(http, server, "rs/a", {"v": 2})
         await push(http, server, "rs/c", {"v": 1})
         before = await delete(http, server, "rs/b")
@@ -126,7 +127,7 @@ async def test_etcd_restored_from_a_backup_server_and_sdk_follow(
             await eventually(lambda: sleeper.status().revision >= before)
         seen.clear()
 
-        await asyncio.to_thread(restore_snapshot, own_etcd, backup)
+        await asyncio.to_thread(own_etcd.restore, backup)
         restored = {"rs/a": {"v": 1}, "rs/b": {"v": 1}}
         await eventually(lambda: held(client, "rs/") == restored, timeout=15)
         status = client.status()

@@ -22,7 +22,7 @@ import pytest
 from cli_helpers import call_main
 from configcenter.cli.embedded_etcd import EtcdCluster
 from configcenter.server.settings import Limits
-from helpers import RunningServer, SSEStream, envelope, eventually, restore_snapshot, save_snapshot
+from helpers import RunningServer, SSEStream, envelope, eventually
 
 
 @asynccontextmanager
@@ -262,12 +262,13 @@ async def test_a_resume_id_from_a_history_a_restore_discarded_gets_a_reset_after
     the old history must still answer it with a reset, never a replay of unrelated changes."""
     server = await make_server(cluster=own_etcd)
     await push(http, server, "rb/a", {"v": 1})
-    backup = await asyncio.to_thread(save_snapshot, own_etcd, tmp_path / "backup.db")
+    backup = tmp_path / "backup.db"
+    await asyncio.to_thread(own_etcd.save_snapshot, backup)
     for v in (2, 3, 4):
         lost = await push(http, server, "rb/a", {"v": v})
     old_id = f"{await cluster_hex(server)}:{lost - 1}"
     await eventually(lambda: server.runtime.mirror.applied_revision >= lost)
-    await asyncio.to_thread(restore_snapshot, own_etcd, backup)
+    await asyncio.to_thread(own_etcd.restore, backup)
     await eventually(lambda: server.runtime.metrics.values.get("configcenter_mirror_diverged_total") == 1, 15)
     new = [await push(http, server, f"rb/n{i}", {"v": i}) for i in range(5)]  # etcd's new history passes lost
     assert new[-1] > lost and old_id.startswith(f"{await cluster_hex(server)}:")  # same cluster id, same numbers
