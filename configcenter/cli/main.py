@@ -26,6 +26,7 @@ from . import output as out
 from .apply import add_apply_command
 from .client import EXIT_OK, EXIT_USAGE, Client, CliError, WatchOptions, request_id_arg, usage_error, watch
 from .edit import add_edit_command
+from .migrate_cli import add_migrate_command
 from .rollout import add_rollout_command, add_wait_flags, after_write
 from .schema_cli import add_schema_command
 
@@ -352,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_local_commands(sub)
+    add_migrate_command(sub)
     add_write_commands(sub)
     add_read_commands(sub)
     add_rollout_command(sub, add_remote)

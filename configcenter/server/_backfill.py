@@ -1,11 +1,12 @@
-"""Rebuild the catch-up ring after a server (re)start from the ``history/`` keys.
+"""Rebuild the catch-up ring after a server (re)start from the ``history/`` keys (``keys.py``).
 
 Why: a restarted replica would otherwise start with an empty ring, and every
 SDK resuming with ``Last-Event-ID`` would get a full ``reset`` instead of the
 few changes it missed — and its change callbacks would skip those releases.
 History keys carry every release made through the API, with the release's
 revision as their ``mod_revision``, so the newest ``capacity`` of them *are*
-the ring.
+the ring (a key the history migration copied is newer than its release: its record
+carries the release's revision, and it is dropped when that is below the floor).
 
 Safety: the ring invariant (every change above the floor is in the ring)
 only holds if history agrees with ``docs/``.  A record written around the API
@@ -31,6 +32,8 @@ from etcd3aio import SortOrder, SortTarget, prefix_range_end
 from ..model import Release
 from .changes import Change
 from .etcd import KeyLayout, compacted, read_range
+from .history import LayoutMarker
+from .keys import history_release, history_revision
 
 _LOOKUP_BATCH = 64
 
@@ -41,15 +44,17 @@ async def recent_changes(
 ) -> tuple[list[Change], int]:
     """(changes in revision order, ring floor) consistent with ``listed`` at ``revision``;
     the changes carry ``cluster_id`` (the cluster they were read from)."""
-    root = f"{layout.prefix}history/".encode()
     try:
-        newest = await _newest_keys(kv, root, revision, capacity, timeout)
+        newest = await _newest_keys(kv, layout.history_root, revision, capacity, timeout)
         floor = 0
         if len(newest) >= capacity and newest:
             floor = min(int(item.mod_revision) for item in newest)  # keep whole revisions only
             newest = [item for item in newest if item.mod_revision > floor]
-        items = await _records(kv, newest, revision, timeout)
-        releases = sorted((_release(root, item) for item in items), key=lambda r: r.revision)
+        items = await _records(kv, layout, newest, revision, timeout)
+        # a migrated copy's key is newer than its release (keys.py): it is below the floor if it
+        # did not make the newest `capacity` by its own revision
+        releases = sorted((r for r in (_release(layout, item) for item in items) if r is not None
+                           and r.revision > floor), key=lambda r: r.revision)
         if not _consistent(releases, listed, floor):
             return [], revision
         prevs = await _previous_revisions(kv, layout, releases, revision, timeout)
@@ -71,33 +76,38 @@ async def _newest_keys(kv: Any, root: bytes, revision: int, capacity: int, timeo
     return list(resp.kvs)
 
 
-async def _records(kv: Any, wanted: list[Any], revision: int, timeout: float) -> list[Any]:
+async def _records(kv: Any, layout: KeyLayout, wanted: list[Any], revision: int, timeout: float) -> list[Any]:
     """The key-values of the ``wanted`` history keys at ``revision``.
 
     A namespace's wanted keys are its newest versions (versions grow with revisions), so one
-    paged range per namespace, from its oldest wanted version to its last, holds them.
+    paged range per namespace and layout, from its oldest wanted version to the end of that
+    namespace's range, holds them.
     """
-    oldest: dict[bytes, bytes] = {}
+    ranges: dict[tuple[bytes, bytes], bytes] = {}
     for item in wanted:
-        ns_prefix = item.key[:item.key.rindex(b"/") + 1]
-        oldest[ns_prefix] = min(oldest.get(ns_prefix, item.key), item.key)
+        parsed = layout.parse_history_key(item.key)
+        if parsed is None:
+            continue
+        ns, _, legacy = parsed
+        bounds = layout.legacy_history_range(ns) if legacy else layout.history_range(ns)
+        ranges[bounds] = min(ranges.get(bounds, item.key), item.key)
     keys = {item.key for item in wanted}
-    ranges = sorted(oldest.items())
+    todo = sorted(ranges.items())
     found: list[Any] = []
-    for i in range(0, len(ranges), _LOOKUP_BATCH):
+    for i in range(0, len(todo), _LOOKUP_BATCH):
         replies = await asyncio.gather(*[
-            read_range(kv, first, prefix_range_end(ns_prefix), revision=revision, timeout=timeout)
-            for ns_prefix, first in ranges[i:i + _LOOKUP_BATCH]
+            read_range(kv, first, end, revision=revision, timeout=timeout)
+            for (_, end), first in todo[i:i + _LOOKUP_BATCH]
         ])
         found += [item for _, items in replies for item in items if item.key in keys]
     return found
 
 
-def _release(root: bytes, item: Any) -> Release:
-    ns, _, version = item.key[len(root):].decode().rpartition("/")
-    record = orjson.loads(item.value)
-    record["version"] = int(version)
-    return Release.from_record(ns, int(item.mod_revision), record)
+def _release(layout: KeyLayout, item: Any) -> Release | None:
+    try:
+        return history_release(layout, item)
+    except ValueError:
+        return None
 
 
 def _consistent(releases: list[Release], listed: dict[str, Any], floor: int) -> bool:
@@ -120,14 +130,29 @@ async def _previous_revisions(
     for release in releases:
         oldest.setdefault(release.ns, release)
     wanted = [(ns, r.version - 1) for ns, r in oldest.items() if r.version > 1]
+    reply = await kv.get(layout.migration_key, revision=revision, timeout=timeout)
+    marker = LayoutMarker.from_kv(reply.kvs[0] if reply.kvs else None)
     found: dict[str, int] = {}
     for i in range(0, len(wanted), _LOOKUP_BATCH):
         batch = wanted[i:i + _LOOKUP_BATCH]
-        replies = await asyncio.gather(*[
-            kv.get(layout.history_key(ns, version), revision=revision, keys_only=True, timeout=timeout)
-            for ns, version in batch
-        ])
-        for (ns, _), reply in zip(batch, replies, strict=True):
-            if reply.kvs:
-                found[ns] = int(reply.kvs[0].mod_revision)
+        replies = await asyncio.gather(*[_previous(kv, layout, ns, version, revision, timeout, marker)
+                                         for ns, version in batch])
+        found.update((ns, prev) for (ns, _), prev in zip(batch, replies, strict=True) if prev)
     return found
+
+
+async def _previous(kv: Any, layout: KeyLayout, ns: str, version: int, revision: int, timeout: float,
+                    marker: LayoutMarker) -> int:
+    """The revision of release ``version`` of ``ns`` (either layout), or 0.  Keys only, unless the
+    key may be a migrated copy (layout 2, written since the migration began): then its record."""
+    for key in (layout.history_key(ns, version), layout.legacy_history_key(ns, version)):
+        reply = await kv.get(key, revision=revision, keys_only=True, timeout=timeout)
+        if not reply.kvs:
+            continue
+        item = reply.kvs[0]
+        if key == layout.history_key(ns, version) and marker.may_be_copy(int(item.mod_revision)):
+            full = await kv.get(key, revision=revision, timeout=timeout)
+            if full.kvs:
+                return history_revision(full.kvs[0], orjson.loads(full.kvs[0].value))
+        return int(item.mod_revision)
+    return 0

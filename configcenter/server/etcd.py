@@ -1,4 +1,4 @@
-"""Thin glue over etcd3aio: client construction, key layout and error mapping.
+"""Thin glue over etcd3aio: client construction and error mapping (the key layout is ``keys.py``).
 
 Kept private so the rest of the server speaks in namespaces and releases,
 never in raw keys or gRPC status codes.
@@ -34,6 +34,7 @@ from etcd3aio.errors import EtcdPermissionDeniedError, EtcdUnauthenticatedError
 
 from ..errors import EtcdUnavailableError, PayloadTooLargeError
 from ._etcd_auth import EtcdAccessError, TokenKeeper, token_interceptors
+from .keys import KeyLayout as KeyLayout  # re-exported: callers build keys through it
 from .settings import EtcdCredentials, EtcdTLS, Settings
 from .tls import EtcdTLSMaterial, etcd_tls_material
 
@@ -88,36 +89,6 @@ class RequestStream:
             self._queue.put_nowait(self._END)  # stays ended for any later caller
             raise StopAsyncIteration
         return request
-
-
-class KeyLayout:
-    """Where things live in etcd under the configured prefix (default ``/configcenter/``).
-
-    ``docs/<ns>`` holds the current record; ``history/<ns>/<version:012d>``
-    holds every release, written in the same transaction as ``docs/<ns>``.
-    """
-
-    def __init__(self, prefix: str = "/configcenter/") -> None:
-        if not prefix.endswith("/"):
-            prefix += "/"
-        self.prefix = prefix
-        self.docs_prefix = f"{prefix}docs/".encode()
-
-    def doc_key(self, ns: str) -> bytes:
-        return self.docs_prefix + ns.encode()
-
-    def history_prefix(self, ns: str) -> bytes:
-        return f"{self.prefix}history/{ns}/".encode()
-
-    def history_key(self, ns: str, version: int) -> bytes:
-        return self.history_prefix(ns) + f"{version:012d}".encode()
-
-    def ns_of_doc_key(self, key: bytes) -> str:
-        return key[len(self.docs_prefix):].decode()
-
-    @staticmethod
-    def version_of_history_key(key: bytes) -> int:
-        return int(key.rsplit(b"/", 1)[1])
 
 
 class _Channels(ConnectionManager):
@@ -233,6 +204,33 @@ async def _read_pages(kv: Any, start: bytes, end: bytes, revision: int, timeout:
         if not resp.more or not resp.kvs:
             return header, items
         key = resp.kvs[-1].key + b"\0"
+
+
+async def read_range_since(kv: Any, start: bytes, end: bytes, *, since: int, revision: int, timeout: float | None,
+                           max_items: int, page: int = LIST_PAGE) -> tuple[list[Any], bool]:
+    """The keys in [``start``, ``end``) at ``revision`` whose ``mod_revision`` is >= ``since``, in key
+    order, ``page`` at a time (etcd3aio's ``get`` has no ``min_mod_revision``): (key-values, complete).
+
+    Stops after ``max_items`` key-values (``complete`` False).  ``revision`` must be given (every
+    page reads the same snapshot); ``RevisionCompacted`` if etcd compacted it.  etcd filters by
+    ``mod_revision`` after reading the range, so each page costs etcd the rest of the range.
+    """
+    items: list[Any] = []
+    key = start
+    while len(items) < max_items:
+        request = rpc_pb2.RangeRequest(key=key, range_end=end, revision=revision, limit=page,
+                                       min_mod_revision=since)
+        try:
+            resp = await kv._rpc(kv._stub.Range, request, operation="KV.Range", timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            if compacted(exc):
+                raise RevisionCompacted(f"revision {revision} of {start!r} is compacted") from exc
+            raise
+        items.extend(resp.kvs)
+        if not resp.more or not resp.kvs:
+            return items, True
+        key = resp.kvs[-1].key + b"\0"
+    return items, False
 
 
 def _too_large(exc: BaseException) -> str | None:

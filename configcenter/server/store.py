@@ -3,16 +3,18 @@
 Contract
 --------
 * Every write is one etcd transaction that puts (or deletes) ``docs/<ns>``
-  and creates ``history/<ns>/<version>``.  The transaction is guarded by
-  ``docs/<ns>``'s ``mod_revision`` and by the history key not existing, so two
-  concurrent writers can never both win and a release and its history entry
-  always share one revision.
+  and creates ``history/<ns>#<version>`` (``keys.py``; ``history/<ns>/<version>``
+  while a prefix written by an older server is not migrated yet).  The transaction is
+  guarded by ``docs/<ns>``'s ``mod_revision``, by the history key not existing and by the
+  layout marker being unchanged, so two concurrent writers can never both win, a write
+  racing a migration's start is retried in the new layout, and a release and its history
+  entry always share one revision.
 * With ``if_match`` the caller's expected revision is the guard (412 on
   mismatch, also when another writer wins the race).  Without it the store
   retries the compare-and-swap a few times: last writer wins, nothing is lost.
-* Reading a past revision (``get_at``) reads the history key whose
-  ``mod_revision`` equals it; history keys are never rewritten, so this works
-  after etcd compacted that revision away.
+* Reading a past revision (``get_at``) searches only that namespace's history
+  keys (``history.py``); history keys are never rewritten, so this works after
+  etcd compacted that revision away.
 * A release whose transaction would exceed etcd's request limit
   (``max_request_bytes``, etcd's ``--max-request-bytes``; the record is in it
   twice) is refused with ``PayloadTooLargeError`` (413) before anything is
@@ -25,6 +27,7 @@ Contract
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Awaitable
@@ -32,17 +35,32 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from etcd3aio import Etcd3Client, SortOrder, SortTarget, prefix_range_end
+from etcd3aio import Etcd3Client, prefix_range_end
 from etcd3aio._protobuf import Compare, rpc_pb2
 
-from ..errors import ConflictError, NotFoundError, PayloadTooLargeError, PreconditionFailedError
+from ..errors import (
+    ConflictError,
+    EtcdUnavailableError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PreconditionFailedError,
+)
 from ..model import Op, Origin, Release
 from .etcd import KeyLayout, etcd_errors, read_range
+from .history import HistoryReader, LayoutMarker
 from .settings import ETCD_MAX_REQUEST_BYTES
 
+_log = logging.getLogger(__name__)
 _CAS_ATTEMPTS = 16
 _NOBODY = Origin()  # writes made without the API (tests, tools): no principal, no trace id
 _RAFT_HEADER_BYTES = 1024  # etcd wraps the transaction in a raft request (header, user name) before measuring
+
+
+@dataclass(frozen=True, slots=True)
+class _Guard:
+    doc_revision: int
+    last_version: int
+    marker: LayoutMarker
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +80,11 @@ class Store:
         self.layout = layout
         self._timeout = timeout
         self._max_request_bytes = max_request_bytes
+        self._fresh_checked = False
+
+    @property
+    def _history(self) -> HistoryReader:
+        return HistoryReader(self._kv, self.layout, self._timeout)
 
     @property
     def _kv(self) -> Any:
@@ -85,13 +108,17 @@ class Store:
         return Release.from_record(ns, kv.mod_revision, orjson.loads(kv.value))
 
     async def get_at(self, ns: str, revision: int) -> Release:
-        """The release of ``ns`` written at ``revision`` (from history; works after compaction)."""
-        for kv in await self._history_keys(ns):
-            if kv.mod_revision == revision:
-                with etcd_errors(f"read {ns} at revision {revision}"):
-                    resp = await self._kv.get(kv.key, timeout=self._timeout)
-                if resp.kvs:
-                    return Release.from_record(ns, revision, orjson.loads(resp.kvs[0].value))
+        """The release of ``ns`` written at ``revision`` (from history; works after compaction).
+
+        Only ``ns``'s own history is searched (``keys.py``): a revision of another namespace,
+        even a child's or one whose name extends this one, is ``NotFoundError``.
+        """
+        history = await self._history.keys(ns)
+        index = await self._history.lower_bound(history, revision)
+        if index < len(history.keys):
+            release = await self._history.release(history, history.keys[index])
+            if release is not None and release.revision == revision:
+                return release
         raise NotFoundError(
             f"namespace {ns!r} has no release at revision {revision}", namespace=ns, revision=revision
         )
@@ -109,18 +136,13 @@ class Store:
 
     async def history(self, ns: str, limit: int = 20, before: int | None = None) -> HistoryPage:
         """Releases of ``ns`` newest first, those with revision < ``before`` when given."""
-        keys = [kv for kv in await self._history_keys(ns) if before is None or kv.mod_revision < before]
-        if not keys and before is None:
+        history = await self._history.keys(ns)
+        if not history.keys and before is None:
             raise NotFoundError(f"namespace {ns!r} has no history", namespace=ns)
-        page = keys[-limit:][::-1]
-        entries = []
-        if page:
-            low, high = page[-1].key, page[0].key
-            with etcd_errors(f"read history of {ns}"):
-                _, items = await read_range(self._kv, low, high + b"\0", timeout=self._timeout)
-            entries = [Release.from_record(ns, kv.mod_revision, orjson.loads(kv.value)) for kv in items]
-            entries.sort(key=lambda r: r.revision, reverse=True)
-        more = len(keys) > limit
+        end = len(history.keys) if before is None else await self._history.lower_bound(history, before)
+        page = history.keys[max(0, end - limit):end]
+        entries = sorted(await self._history.releases(history, page), key=lambda r: r.revision, reverse=True)
+        more = end > limit
         return HistoryPage(entries, entries[-1].revision if more and entries else None)
 
     async def push(
@@ -170,16 +192,17 @@ class Store:
         attempts = 1 if if_match is not None else _CAS_ATTEMPTS
         for _ in range(attempts):
             if check is not None:
-                (current_rev, last_version), _ = await asyncio.gather(self._write_guard(ns), check)
+                guard, _ = await asyncio.gather(self._write_guard(ns), check)
                 check = None
             else:
-                current_rev, last_version = await self._write_guard(ns)
+                guard = await self._write_guard(ns)
+            current_rev = guard.doc_revision
             if delete and current_rev == 0:  # deleted meanwhile (a racing delete won): nothing to delete
                 raise NotFoundError(f"namespace {ns!r} does not exist", namespace=ns)
             if if_match is not None and if_match != current_rev:
                 raise _stale(ns, if_match, current_rev)
-            release: Release = build(last_version + 1)
-            succeeded, revision = await self._commit(ns, release, current_rev, delete=delete)
+            release: Release = build(guard.last_version + 1)
+            succeeded, revision = await self._commit(ns, release, guard, delete=delete)
             if succeeded:
                 return Release.from_record(ns, revision, release.record())
             await asyncio.sleep(random.uniform(0, 0.005))  # de-synchronise competing writers
@@ -187,32 +210,65 @@ class Store:
             raise _stale(ns, if_match, None)
         raise ConflictError(f"gave up writing {ns!r}: {attempts} concurrent writers won first", namespace=ns)
 
-    async def _write_guard(self, ns: str) -> tuple[int, int]:
-        """(mod_revision of docs/<ns> or 0, last history version or 0).
+    async def _write_guard(self, ns: str) -> _Guard:
+        """What the commit compares: ``docs/<ns>``'s mod_revision (0 if absent), the last history
+        version in either layout, and the layout marker (which layout to write).
 
-        The two reads run concurrently (one round trip on the shared channel); they may see two
+        The reads run concurrently (one round trip on the shared channel); they may see two
         revisions, which is safe: the commit's compares (the doc's mod_revision, the new history
-        key absent) fail on any write between them, and the write is retried.
+        key absent, the marker unchanged) fail on any write between them, and the write is retried.
         """
-        start = self.layout.history_prefix(ns)
         with etcd_errors(f"read {ns} before writing"):
-            doc, hist = await asyncio.gather(
+            doc, history = await asyncio.gather(
                 self._kv.get(self.layout.doc_key(ns), keys_only=True, timeout=self._timeout),
-                self._kv.get(start, range_end=prefix_range_end(start), limit=1, keys_only=True,
-                             sort_order=SortOrder.DESCEND, sort_target=SortTarget.KEY, timeout=self._timeout),
+                self._history.keys(ns),
             )
+        marker = history.marker
+        if not marker.exists and not history.keys and await self._claim_fresh_layout():
+            marker = await self._history.marker()
         current = doc.kvs[0].mod_revision if doc.kvs else 0
-        version = self.layout.version_of_history_key(hist.kvs[0].key) if hist.kvs else 0
-        return current, version
+        version = history.keys[-1].version if history.keys else 0
+        return _Guard(current, version, marker)
 
-    async def _commit(self, ns: str, release: Release, current_rev: int, *, delete: bool) -> tuple[bool, int]:
+    async def claim_fresh_layout(self) -> bool:
+        """On a prefix with no history at all, write the layout-2 marker (nothing to migrate).
+
+        One transaction: marker absent and no key under ``history/`` (a compare over the range
+        holds for an empty range), so it can never skip data an older server wrote.  Tried at
+        start and before a first write; False (and logged at debug) while etcd is unreachable.
+        """
+        try:
+            return await self._claim_fresh_layout()
+        except EtcdUnavailableError as exc:
+            _log.debug("history layout not checked yet: %s", exc)
+            return False
+
+    async def _claim_fresh_layout(self) -> bool:
+        if self._fresh_checked:
+            return False
+        root = self.layout.history_root
+        compare = [self._kv.txn_compare_create_revision(self.layout.migration_key, 0),
+                   Compare(result=Compare.EQUAL, target=Compare.CREATE, key=root, range_end=prefix_range_end(root),
+                           create_revision=0)]
+        fresh = {"layout": 2, "legacy": False, "copies_until": 0}
+        put = self._kv.txn_op_put(self.layout.migration_key, orjson.dumps(fresh))
+        with etcd_errors("mark the history layout"):
+            resp = await self._kv.txn(compare, [put], timeout=self._timeout)
+        self._fresh_checked = True
+        return bool(resp.succeeded)
+
+    async def _commit(self, ns: str, release: Release, guard: _Guard, *, delete: bool) -> tuple[bool, int]:
         kv = self._kv
         doc_key = self.layout.doc_key(ns)
-        hist_key = self.layout.history_key(ns, release.version)
+        if guard.marker.exists:
+            hist_key = self.layout.history_key(ns, release.version)
+        else:  # layout 1 until `configcenter migrate` starts: older replicas read and write only that
+            hist_key = self.layout.legacy_history_key(ns, release.version)
         value = orjson.dumps(release.record())
         compare = [
-            _compare_mod_revision(doc_key, current_rev),
+            _compare_mod_revision(doc_key, guard.doc_revision),
             kv.txn_compare_create_revision(hist_key, 0),
+            _compare_mod_revision(self.layout.migration_key, guard.marker.mod_revision),
         ]
         ops = [kv.txn_op_delete(doc_key) if delete else kv.txn_op_put(doc_key, value), kv.txn_op_put(hist_key, value)]
         self._check_size(ns, rpc_pb2.TxnRequest(compare=compare, success=ops).ByteSize())
@@ -228,13 +284,6 @@ class Store:
                 f"and history/), over etcd's request limit etcd.max_request_bytes ({self._max_request_bytes}); "
                 "make the document or the message smaller", namespace=ns, bytes=txn_bytes, limit=limit,
             )
-
-    async def _history_keys(self, ns: str) -> list[Any]:
-        start = self.layout.history_prefix(ns)
-        with etcd_errors(f"read history of {ns}"):
-            _, items = await read_range(self._kv, start, prefix_range_end(start), keys_only=True, timeout=self._timeout)
-        return sorted(items, key=lambda kv: kv.key)
-
 
 def _release(ns: str, version: int, op: Op, kind: str, doc: dict[str, Any] | None, author: str, message: str,
              from_revision: int | None, origin: Origin) -> Release:

@@ -128,10 +128,12 @@ class Truth:
 
 
 def entries_from_history(kvs: Iterable[Any], history_root: bytes) -> list[Entry]:
-    """``history/<ns>/<version>`` key-values (etcd3aio ``KeyValue``) as entries."""
+    """History key-values (etcd3aio ``KeyValue``, ``history/<ns>#<version>``, or layout 1's
+    ``history/<ns>/<version>``) as entries."""
     out = []
     for kv in kvs:
-        ns = kv.key[len(history_root):].decode().rpartition("/")[0]
+        rest = kv.key[len(history_root):].decode()
+        ns = rest.rpartition("#")[0] or rest.rpartition("/")[0]
         record = json.loads(kv.value)
         op = "delete" if record.get("op") == "delete" else "put"
         out.append(Entry(ns, int(kv.mod_revision), op, None if op == "delete" else marker(record.get("doc"))))
