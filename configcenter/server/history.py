@@ -17,6 +17,7 @@ Contract
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,12 +78,21 @@ class NamespaceHistory:
 
 
 class HistoryReader:
-    """Reads a namespace's history keys and finds releases by revision (see module contract)."""
+    """Reads a namespace's history keys and finds releases by revision (see module contract).
 
-    def __init__(self, kv: Any, layout: KeyLayout, timeout: float) -> None:
-        self._kv = kv
+    Once a marker read says no layout-1 key is left (``legacy_gone``), layout 1 is not read again:
+    the migration never goes back.
+    """
+
+    def __init__(self, kv: Callable[[], Any], layout: KeyLayout, timeout: float) -> None:
+        self._get_kv = kv
         self._layout = layout
         self._timeout = timeout
+        self.legacy_gone = False
+
+    @property
+    def _kv(self) -> Any:
+        return self._get_kv()
 
     async def marker(self) -> LayoutMarker:
         with etcd_errors("read the history layout marker"):
@@ -93,12 +103,13 @@ class HistoryReader:
         """Every history key of exactly ``ns``, sorted by version, and the marker (one round trip)."""
         start, end = self._layout.history_range(ns)
         legacy_start, legacy_end = self._layout.legacy_history_range(ns)
+        reads = [read_range(self._kv, start, end, keys_only=True, timeout=self._timeout)]
+        if not self.legacy_gone:
+            reads.append(read_range(self._kv, legacy_start, legacy_end, keys_only=True, timeout=self._timeout))
         with etcd_errors(f"read history of {ns}"):
-            (_, current), (_, legacy), marker = await asyncio.gather(
-                read_range(self._kv, start, end, keys_only=True, timeout=self._timeout),
-                read_range(self._kv, legacy_start, legacy_end, keys_only=True, timeout=self._timeout),
-                self.marker(),
-            )
+            marker, *ranges = await asyncio.gather(self.marker(), *reads)
+        current, legacy = ranges[0][1], (ranges[1][1] if len(ranges) > 1 else [])
+        self.legacy_gone = marker.exists and not marker.legacy_left
         by_version: dict[int, HistoryKey] = {}
         for item, is_legacy in [*((i, True) for i in legacy), *((i, False) for i in current)]:
             parsed = self._layout.parse_history_key(item.key)

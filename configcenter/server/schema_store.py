@@ -217,8 +217,11 @@ class SchemaStore:
                    kv.txn_compare_create_revision(hist_key, 0)]
         if guard_docs and release.schema is not None:
             start = self._docs_prefix + release.target.encode()
+            # a prefix target ("team/") governs the names under it; an exact one only its own key
+            # (a range of "team" would also guard "teams" and "team/db")
+            end = prefix_range_end(start) if release.target.endswith("/") else start + b"\0"
             compare.append(Compare(result=Compare.LESS, target=Compare.MOD, key=start,
-                                   range_end=prefix_range_end(start), mod_revision=docs_revision + 1))
+                                   range_end=end, mod_revision=docs_revision + 1))
         ops = [kv.txn_op_put(key, value) if release.schema is not None else kv.txn_op_delete(key),
                kv.txn_op_put(hist_key, value)]
         with etcd_errors(f"write the schema of {release.target}"):

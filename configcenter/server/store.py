@@ -81,10 +81,7 @@ class Store:
         self._timeout = timeout
         self._max_request_bytes = max_request_bytes
         self._fresh_checked = False
-
-    @property
-    def _history(self) -> HistoryReader:
-        return HistoryReader(self._kv, self.layout, self._timeout)
+        self._history = HistoryReader(lambda: self._kv, layout, timeout)
 
     @property
     def _kv(self) -> Any:
@@ -133,6 +130,16 @@ class Store:
             for kv in items
         ]
         return int(header.revision), sorted(releases, key=lambda r: r.ns)
+
+    async def releases_under(self, target: str) -> tuple[int, list[Release]]:
+        """The current releases a schema target covers, and the read revision: every name under a
+        prefix target (``team/``), else only the one name (never ``teams`` or ``team/db``)."""
+        if target.endswith("/"):
+            return await self.list_releases(target)
+        with etcd_errors(f"read {target}"):
+            resp = await self._kv.get(self.layout.doc_key(target), timeout=self._timeout)
+        return int(resp.header.revision), [
+            Release.from_record(target, kv.mod_revision, orjson.loads(kv.value)) for kv in resp.kvs]
 
     async def history(self, ns: str, limit: int = 20, before: int | None = None) -> HistoryPage:
         """Releases of ``ns`` newest first, those with revision < ``before`` when given."""
