@@ -27,7 +27,6 @@ Contract
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import time
 from collections.abc import Awaitable
@@ -38,20 +37,14 @@ import orjson
 from etcd3aio import Etcd3Client, prefix_range_end
 from etcd3aio._protobuf import Compare, rpc_pb2
 
-from ..errors import (
-    ConflictError,
-    EtcdUnavailableError,
-    NotFoundError,
-    PayloadTooLargeError,
-    PreconditionFailedError,
-)
+from ..errors import ConflictError, NotFoundError, PayloadTooLargeError, PreconditionFailedError
 from ..model import Op, Origin, Release
 from .etcd import KeyLayout, etcd_errors, read_range
 from .history import HistoryReader, LayoutMarker
 from .settings import ETCD_MAX_REQUEST_BYTES
 
-_log = logging.getLogger(__name__)
 _CAS_ATTEMPTS = 16
+FRESH_MARKER = {"layout": 2, "legacy": False, "copies_until": 0}  # a prefix that never had layout 1
 _NOBODY = Origin()  # writes made without the API (tests, tools): no principal, no trace id
 _RAFT_HEADER_BYTES = 1024  # etcd wraps the transaction in a raft request (header, user name) before measuring
 
@@ -61,6 +54,7 @@ class _Guard:
     doc_revision: int
     last_version: int
     marker: LayoutMarker
+    claim: bool = False  # no marker and no history seen: this write may claim layout 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +191,8 @@ class Store:
     async def _write(self, ns: str, build: Any, *, if_match: int | None, delete: bool,
                      check: Awaitable[None] | None = None) -> Release:
         attempts = 1 if if_match is not None else _CAS_ATTEMPTS
-        for _ in range(attempts):
+        tried = 0
+        while tried < attempts:
             if check is not None:
                 guard, _ = await asyncio.gather(self._write_guard(ns), check)
                 check = None
@@ -212,6 +207,10 @@ class Store:
             succeeded, revision = await self._commit(ns, release, guard, delete=delete)
             if succeeded:
                 return Release.from_record(ns, revision, release.record())
+            if guard.claim:  # the prefix has history after all: write the layout the marker says
+                self._fresh_checked = True
+                continue
+            tried += 1
             await asyncio.sleep(random.uniform(0, 0.005))  # de-synchronise competing writers
         if if_match is not None:
             raise _stale(ns, if_match, None)
@@ -231,53 +230,35 @@ class Store:
                 self._history.keys(ns),
             )
         marker = history.marker
-        if not marker.exists and not history.keys and await self._claim_fresh_layout():
-            marker = await self._history.marker()
+        if history.keys:
+            self._fresh_checked = True
         current = doc.kvs[0].mod_revision if doc.kvs else 0
         version = history.keys[-1].version if history.keys else 0
-        return _Guard(current, version, marker)
-
-    async def claim_fresh_layout(self) -> bool:
-        """On a prefix with no history at all, write the layout-2 marker (nothing to migrate).
-
-        One transaction: marker absent and no key under ``history/`` (a compare over the range
-        holds for an empty range), so it can never skip data an older server wrote.  Tried at
-        start and before a first write; False (and logged at debug) while etcd is unreachable.
-        """
-        try:
-            return await self._claim_fresh_layout()
-        except EtcdUnavailableError as exc:
-            _log.debug("history layout not checked yet: %s", exc)
-            return False
-
-    async def _claim_fresh_layout(self) -> bool:
-        if self._fresh_checked:
-            return False
-        root = self.layout.history_root
-        compare = [self._kv.txn_compare_create_revision(self.layout.migration_key, 0),
-                   Compare(result=Compare.EQUAL, target=Compare.CREATE, key=root, range_end=prefix_range_end(root),
-                           create_revision=0)]
-        fresh = {"layout": 2, "legacy": False, "copies_until": 0}
-        put = self._kv.txn_op_put(self.layout.migration_key, orjson.dumps(fresh))
-        with etcd_errors("mark the history layout"):
-            resp = await self._kv.txn(compare, [put], timeout=self._timeout)
-        self._fresh_checked = True
-        return bool(resp.succeeded)
+        return _Guard(current, version, marker, claim=not marker.exists and not self._fresh_checked)
 
     async def _commit(self, ns: str, release: Release, guard: _Guard, *, delete: bool) -> tuple[bool, int]:
+        """One transaction: the doc, its history key (in the layout the marker says) and the compares
+        of the module contract.  ``guard.claim``: the prefix looked new, so the same transaction also
+        claims layout 2 (marker absent and no key under ``history/``: a compare over a range holds for
+        an empty range) and writes the marker; it fails if any history exists, and the caller retries
+        in layout 1.  A new prefix thus starts in layout 2 without a write of its own."""
         kv = self._kv
-        doc_key = self.layout.doc_key(ns)
-        if guard.marker.exists:
-            hist_key = self.layout.history_key(ns, release.version)
-        else:  # layout 1 until `configcenter migrate` starts: older replicas read and write only that
-            hist_key = self.layout.legacy_history_key(ns, release.version)
+        doc_key, marker_key = self.layout.doc_key(ns), self.layout.migration_key
+        layout_2 = guard.marker.exists or guard.claim
+        hist_key = (self.layout.history_key(ns, release.version) if layout_2
+                    else self.layout.legacy_history_key(ns, release.version))  # older replicas read only that
         value = orjson.dumps(release.record())
         compare = [
             _compare_mod_revision(doc_key, guard.doc_revision),
             kv.txn_compare_create_revision(hist_key, 0),
-            _compare_mod_revision(self.layout.migration_key, guard.marker.mod_revision),
+            _compare_mod_revision(marker_key, guard.marker.mod_revision),
         ]
         ops = [kv.txn_op_delete(doc_key) if delete else kv.txn_op_put(doc_key, value), kv.txn_op_put(hist_key, value)]
+        if guard.claim:
+            root = self.layout.history_root
+            compare.append(Compare(result=Compare.EQUAL, target=Compare.CREATE, key=root,
+                                   range_end=prefix_range_end(root), create_revision=0))
+            ops.append(kv.txn_op_put(marker_key, orjson.dumps(FRESH_MARKER)))
         self._check_size(ns, rpc_pb2.TxnRequest(compare=compare, success=ops).ByteSize())
         with etcd_errors(f"write {ns}"):
             resp = await kv.txn(compare, ops, timeout=self._timeout)

@@ -119,3 +119,15 @@ async def test_schema_history_of_a_name_excludes_its_children(server: RunningSer
     root = f"{server.prefix}schema-history/".encode()
     _, items = await read_range(server.runtime.client.kv, root, prefix_range_end(root), keys_only=True, timeout=5)
     assert len(items) == 4
+
+
+async def test_a_new_prefix_starts_in_the_new_layout_with_its_first_release(server: RunningServer,
+                                                                           http: aiohttp.ClientSession) -> None:
+    """The layout marker is written in the first release's own transaction: no extra revision."""
+    first = await push(http, server, "a/b", {"first": True})
+    layout = KeyLayout(server.prefix)
+    kv = server.runtime.client.kv
+    marker = (await kv.get(layout.migration_key)).kvs[0]
+    assert marker.create_revision == first
+    history = (await kv.get(layout.history_key("a/b", 1))).kvs[0]
+    assert history.mod_revision == first
