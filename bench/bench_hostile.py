@@ -5,8 +5,13 @@
    plus JSON encoding cost on a smaller bomb (the full one would take minutes and GBs).
 3. /healthz latency on a live server (own process, real etcd) while 1 MB YAML pushes run
    back to back, vs /healthz latency on the idle server.
+4. Attacks (issue 16): push p99 and the server's peak RSS (its own process: ``VmHWM`` after
+   resetting it through ``/proc/<pid>/clear_refs``) while anonymous clients repeat row 3 (a 180 KB
+   route body of one 60,000-character key over 40,000 lists), row 4 (a diff of 12,000 changed leaves
+   under a 20,000-character key), a flood of ~0.5 MB YAML route bodies and a flood of diffs of two
+   large documents, each beside the idle baseline measured in the same run, as ratios.
 
-    python bench/bench_hostile.py [--pushes 5]
+    python bench/bench_hostile.py [--pushes 5] [--short]
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import contextlib
 
+from bench_attacks import attacks_section
 from bench_fanout import TOKEN, pct, serve, wait_ready
 
 from configcenter.cli.embedded_etcd import EtcdCluster, free_port
@@ -133,11 +139,15 @@ async def healthz_section(endpoints: list[str], n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pushes", type=int, default=5)
+    parser.add_argument("--short", action="store_true", help="only the attacks section, 3 s per phase")
     args = parser.parse_args()
-    parse_section()
-    bomb_section()
+    if not args.short:
+        parse_section()
+        bomb_section()
     with EtcdCluster(1) as cluster:
-        asyncio.run(healthz_section(cluster.endpoints, args.pushes))
+        if not args.short:
+            asyncio.run(healthz_section(cluster.endpoints, args.pushes))
+        asyncio.run(attacks_section(cluster.endpoints, 3.0 if args.short else 10.0))
 
 
 if __name__ == "__main__":

@@ -35,13 +35,21 @@ def unified_diff(a: Sequence[str], b: Sequence[str], from_label: str, to_label: 
         out.append(f"@@ -{_range(first[1], last[2])} +{_range(first[3], last[4])} @@\n")
         for tag, i1, i2, j1, j2 in group:
             if tag == "equal":
-                out += [" " + line for line in a[i1:i2]]
+                _tagged(out, " ", a, i1, i2)
                 continue
             if tag in ("replace", "delete"):
-                out += ["-" + line for line in a[i1:i2]]
+                _tagged(out, "-", a, i1, i2)
             if tag in ("replace", "insert"):
-                out += ["+" + line for line in b[j1:j2]]
+                _tagged(out, "+", b, j1, j2)
     return "".join(out)
+
+
+def _tagged(out: list[str], tag: str, lines: Sequence[str], start: int, stop: int) -> None:
+    """Append each line after its tag as two references (no new string per line: the output list
+    of a 100,000-line rewrite costs pointers, not another copy of every line)."""
+    for i in range(start, stop):
+        out.append(tag)
+        out.append(lines[i])
 
 
 def _range(start: int, stop: int) -> str:

@@ -41,6 +41,8 @@ from ruamel.yaml.events import (
     StreamEndEvent,
 )
 
+from ._paths import json_path
+
 __all__ = ["DocumentTooLarge", "YamlLimitError", "load_bounded"]
 
 _TAG = "tag:yaml.org,2002:"
@@ -106,14 +108,14 @@ class _Builder:
             raise
 
     def path(self) -> str:
-        """JSONPath of the node being read: ``$.doc.rules[2].id``."""
-        out = "$"
+        """JSONPath of the node being read: ``$.doc.rules[2].id`` (built for an error only; bounded)."""
+        parts: list[Any] = []
         for node in self.stack:
             if isinstance(node.value, list):
-                out += f"[{len(node.value)}]"
+                parts.append(len(node.value))
             elif node.has_key:
-                out += f".{node.pending_key}"
-        return out
+                parts.append(node.pending_key)
+        return json_path(parts)
 
     def _feed(self, event: Any) -> None:
         if isinstance(event, ScalarEvent):

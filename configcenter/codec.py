@@ -11,12 +11,14 @@ reaches etcd.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from ruamel.yaml import YAML, YAMLError
 
+from ._paths import json_path
 from ._yaml_load import DocumentTooLarge, YamlLimitError, load_bounded
 from .errors import InvalidBodyError, PayloadTooLargeError
 
@@ -85,18 +87,33 @@ def _where(exc: YamlLimitError) -> dict[str, Any]:
 
 
 def _check_depth(data: Any, max_depth: int) -> None:
-    """Iteratively (no recursion) refuse JSON nested deeper than ``max_depth``, naming the path."""
-    stack: list[tuple[Any, int, str]] = [(data, 1, "$")]
+    """Refuse JSON nested deeper than ``max_depth``, naming the path (iteratively, no recursion).
+
+    Memory is O(depth): the walk keeps one iterator per open container and builds the
+    (bounded, ``_paths``) path only for the error it reports.
+    """
+    if not isinstance(data, dict | list):
+        return
+    keys: list[Any] = []
+    stack = [_children(data)]
     while stack:
-        value, depth, path = stack.pop()
-        if not isinstance(value, dict | list):
-            continue
-        if depth > max_depth:
-            raise InvalidBodyError(f"depth limit exceeded: nesting deeper than {max_depth} at {path}", path=path)
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        for key, child in items:
+        for key, child in stack[-1]:
             if isinstance(child, dict | list):
-                stack.append((child, depth + 1, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}"))
+                keys.append(key)
+                if len(keys) + 1 > max_depth:
+                    path = json_path(keys)
+                    raise InvalidBodyError(f"depth limit exceeded: nesting deeper than {max_depth} at {path}",
+                                           path=path)
+                stack.append(_children(child))
+                break
+        else:
+            stack.pop()
+            if keys:
+                keys.pop()
+
+
+def _children(value: dict[str, Any] | list[Any]) -> Iterator[tuple[Any, Any]]:
+    return iter(value.items()) if isinstance(value, dict) else enumerate(value)
 
 
 def dump_yaml(data: Any, *, fast: bool = False) -> str:

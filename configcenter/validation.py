@@ -12,6 +12,7 @@ import functools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,16 @@ from jsonschema.exceptions import ValidationError
 from configcenter_sdk.errors import RouteTableError
 from configcenter_sdk.routing import compile_table
 
+from ._paths import MAX_PATH_CHARS
+from ._paths import json_path as _json_path
 from .errors import InvalidBodyError, SchemaViolationError
 from .model import KINDS
 
 SCHEMAS_ENV = "CONFIGCENTER_SCHEMAS_DIR"
 _SCHEMA_FILES = {"routes": "route-table.schema.json", "config": "config.schema.json"}
 _MAX_VIOLATIONS = 20
+_ERRORS_LOOKED_AT = 200  # schema errors collected before the first _MAX_VIOLATIONS (by path) are reported
+MAX_MESSAGE_CHARS = 300  # a violation message quotes the value: cut long ones
 
 
 def schemas_dir() -> Path:
@@ -85,7 +90,7 @@ def validate_document(kind: str, doc: dict[str, Any], *, max_regex_program_size:
     A route table is also compiled (RE2 regexes, at most ``max_regex_program_size`` each); its
     error becomes one violation at the JSON path the compiler names (e.g. the ``regex`` matcher).
     """
-    violations = [_violation(e) for e in _sorted(validator(kind).iter_errors(doc))][:_MAX_VIOLATIONS]
+    violations = [_violation(e) for e in first_errors(validator(kind).iter_errors(doc))]
     if not violations and kind == "routes":
         try:
             compile_table(doc, max_regex_program_size=max_regex_program_size)
@@ -98,25 +103,35 @@ def validate_document(kind: str, doc: dict[str, Any], *, max_regex_program_size:
         )
 
 
-def _sorted(errors: Iterable[ValidationError]) -> list[ValidationError]:
-    return sorted(errors, key=lambda e: [str(p) for p in e.absolute_path])
-
-
 def _violation(error: ValidationError) -> dict[str, str]:
-    return {"path": json_path(error.absolute_path), "message": error.message}
+    return violation(error.absolute_path, error.message)
 
 
 def json_path(parts: Iterable[Any]) -> str:
-    """``['rules', 0, 'route']`` -> ``$.rules[0].route``."""
-    out = "$"
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
+    """``['rules', 0, 'route']`` -> ``$.rules[0].route`` (bounded in length: see ``_paths``)."""
+    return _json_path(parts)
+
+
+def first_errors(errors: Iterable[ValidationError], limit: int = _MAX_VIOLATIONS) -> list[ValidationError]:
+    """At most ``_ERRORS_LOOKED_AT`` errors of a lazy ``iter_errors``, sorted by path, the first ``limit``.
+
+    A document can break its schema in as many places as it has nodes: taking them all (and their
+    paths) made a 1 MiB body cost hundreds of MB.  The violations reported are therefore the first
+    ``limit`` (by path) of the first ``_ERRORS_LOOKED_AT`` the validator finds.
+    """
+    return sorted(islice(errors, _ERRORS_LOOKED_AT), key=lambda e: [str(p) for p in e.absolute_path])[:limit]
+
+
+def violation(path: Iterable[Any], message: str) -> dict[str, str]:
+    """One reported violation: a bounded path and a message cut at ``MAX_MESSAGE_CHARS``."""
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = f"{message[:MAX_MESSAGE_CHARS]}…({len(message)} chars)"
+    return {"path": json_path(path), "message": message}
 
 
 def _compile_violation(message: str) -> dict[str, str]:
     """``"$.rules[0].id: duplicate rule id 'x'"`` -> that path and the text after it."""
     path, sep, rest = message.partition(": ")
-    if sep and path.startswith("$"):
-        return {"path": path, "message": rest}
-    return {"path": "$", "message": message}
+    if sep and path.startswith("$") and len(path) <= MAX_PATH_CHARS:
+        return {"path": path, "message": violation((), rest)["message"]}
+    return violation((), message)

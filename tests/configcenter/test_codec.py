@@ -13,8 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
+from configcenter._paths import MAX_PATH_CHARS
 from configcenter.codec import ParseLimits, parse_body, parse_json, parse_yaml
 from configcenter.errors import InvalidBodyError, PayloadTooLargeError
+from configcenter.schema_rules import MAX_VIOLATIONS, check_schema, violations
+from configcenter.validation import validate_document
+from hostile_shapes import CHECK_BUDGET, NO_SHRINK, PARSE_BUDGET, shape, shapes, traced_peak, within
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -149,3 +153,49 @@ def test_the_fast_parser_is_used_when_libyaml_is_installed() -> None:
 
     parsers = _parsers()
     assert len(parsers) == 2 and parsers[0].Parser.__name__ == "CParser"  # ruamel.yaml.clib is a dependency
+
+
+# --------------------------------------------------------------------------- memory (issue 16)
+
+
+def test_row_3_depth_check_builds_no_path_per_container() -> None:
+    """Issue 16 row 3, scaled down 100x (the full body cost +2.3 GB): a long key over many containers."""
+    body = orjson.dumps({"k" * 6_000: [[]] * 4_000})
+    peak = traced_peak(parse_body, body, "application/json")
+    assert peak <= within(PARSE_BUDGET, len(body)), peak / len(body)
+
+
+def test_the_depth_error_path_is_bounded() -> None:
+    body = b'{"' + b"k" * 60_000 + b'": ' + b"[" * 70 + b"]" * 70 + b"}"
+    with pytest.raises(InvalidBodyError) as info:
+        parse_json(body)
+    path = info.value.details["path"]
+    assert len(path) <= MAX_PATH_CHARS and path.startswith("$.kkkk") and "(60000 chars)" in path
+
+
+@settings(max_examples=20, **NO_SHRINK)  # type: ignore[arg-type]
+@given(shapes(max_size=60_000).map(lambda s: (s[0], s[1], min(s[2], 6_000), s[3])), st.booleans())
+def test_parse_and_check_allocate_a_small_multiple_of_the_body(params: tuple[str, int, int, int],
+                                                               as_yaml: bool) -> None:
+    _, new = shape(*params)
+    doc = new if isinstance(new, dict) else {"x": new}
+    body = orjson.dumps({"kind": "config", "doc": doc})
+    content_type = "application/yaml" if as_yaml else "application/json"
+    peak = traced_peak(parse_body, body, content_type)
+    assert peak <= within(PARSE_BUDGET, len(body)), (params, as_yaml, peak / len(body))
+    for kind in ("config", "routes"):
+        peak = traced_peak(validate_document, kind, doc)
+        assert peak <= within(CHECK_BUDGET, len(body)), (params, kind, peak / len(body))
+
+
+def test_a_document_breaking_its_schema_everywhere_is_reported_cheaply() -> None:
+    """Every item violates the namespace's schema: the report is the first violations, not all of them."""
+    doc = {"items": list(range(100_000)), "k" * 50_000: 1}
+    validator = check_schema({"properties": {"items": {"items": {"type": "string"}}},
+                              "propertyNames": {"maxLength": 10}})
+    input_bytes = len(orjson.dumps(doc))
+    peak = traced_peak(violations, validator, doc)
+    assert peak <= within(CHECK_BUDGET, input_bytes), peak / input_bytes
+    found = violations(validator, doc)
+    assert len(found) == MAX_VIOLATIONS
+    assert all(len(v["path"]) <= MAX_PATH_CHARS and len(v["message"]) < 400 for v in found)

@@ -53,7 +53,8 @@ async def evaluate(http: aiohttp.ClientSession, server: RunningServer, ns: str, 
 @pytest.fixture
 async def big_server(make_server: Any) -> RunningServer:
     """A server that accepts request bodies large enough for a 100 KB header value."""
-    server: RunningServer = await make_server(limits=replace(Limits(), max_body_bytes=1_048_576))
+    # read_queue: 20 evaluations at once are the point here (admission past the read lane: test_admission.py)
+    server: RunningServer = await make_server(limits=replace(Limits(), max_body_bytes=1_048_576, read_queue=32))
     return server
 
 
