@@ -28,12 +28,12 @@ import aiohttp
 import orjson
 
 from configcenter.cli.embedded_etcd import EtcdCluster, free_port
-from configcenter.server.settings import Limits, Settings, WatchTuning
+from configcenter.server.settings import Settings, WatchTuning
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _procs import ClientProcesses
 from bench_fanout import cpu_seconds, pct, running_server
-from bench_rollout import etcd_revision, metric
+from bench_rollout import etcd_revision, fleet_limits, metric
 
 
 async def reporter(http: aiohttp.ClientSession, url: str, iid: str, latencies: list[float],
@@ -58,13 +58,15 @@ async def reporter(http: aiohttp.ClientSession, url: str, iid: str, latencies: l
             await asyncio.wait_for(stop.wait(), wait)
 
 
-def fleet_process(first: int, count: int, url: str, pipe: Connection) -> None:
+def fleet_process(first: int, count: int, total: int, url: str, pipe: Connection) -> None:
     async def main() -> None:
         latencies: list[float] = []
         stop = asyncio.Event()
         connector = aiohttp.TCPConnector(limit=200)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
-            tasks = [asyncio.create_task(reporter(http, url, f"bench-{first + i}", latencies, stop))
+            # ids unique per fleet size: the previous size's records live on until their leases expire,
+            # and a report without its record's lease is refused (409)
+            tasks = [asyncio.create_task(reporter(http, url, f"bench-{total}-{first + i}", latencies, stop))
                      for i in range(count)]
             await asyncio.sleep(0)
             pipe.send("started")
@@ -79,7 +81,8 @@ def fleet_process(first: int, count: int, url: str, pipe: Connection) -> None:
 
 
 async def run_size(url: str, endpoint: str, pid: int, total: int, args: argparse.Namespace) -> None:
-    fleet = ClientProcesses(fleet_process, total, args.procs, lambda first, count, pipe: (first, count, url, pipe))
+    fleet = ClientProcesses(fleet_process, total, args.procs,
+                            lambda first, count, pipe: (first, count, total, url, pipe))
     await fleet.recv_all(600)
     await asyncio.sleep(args.ttl / 3 + 5)  # every instance reported once and its heartbeats are spread
     async with aiohttp.ClientSession() as http:
@@ -101,7 +104,7 @@ async def main(args: argparse.Namespace) -> None:
     with EtcdCluster(1) as etcd:
         settings = Settings(host="127.0.0.1", port=free_port(), etcd_endpoints=tuple(etcd.endpoints),
                             prefix=f"/bench-{uuid.uuid4().hex[:8]}/", watch=WatchTuning(instance_ttl=args.ttl),
-                            limits=Limits(max_connections=4 * max(args.instances) + 1024))
+                            limits=fleet_limits(max(args.instances), max_connections=4 * max(args.instances) + 1024))
         async with running_server(settings) as (url, pid):
             for total in args.instances:
                 await run_size(url, etcd.endpoints[0], pid, total, args)

@@ -33,7 +33,7 @@ import aiohttp
 
 from configcenter.cli.embedded_etcd import EtcdCluster, free_port
 from configcenter.server.auth import Principal
-from configcenter.server.settings import Settings, WatchTuning
+from configcenter.server.settings import Limits, Settings, WatchTuning
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _procs import ClientProcesses
@@ -42,6 +42,12 @@ from bench_fanout import pct, running_server
 
 TOKEN = "bench-writer"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def fleet_limits(instances: int, **limits: int) -> Limits:
+    """Every bench instance reports from this host's one address: instance caps above the fleet size."""
+    room = 2 * instances + 1024
+    return Limits(max_instances=room, max_instances_per_client=room, **limits)
 
 
 async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
@@ -150,7 +156,7 @@ async def main(args: argparse.Namespace) -> None:
         settings = Settings(host="127.0.0.1", port=free_port(), etcd_endpoints=tuple(etcd.endpoints),
                             prefix=f"/bench-{uuid.uuid4().hex[:8]}/",
                             tokens=(Principal.from_token("bench", TOKEN, "writer"),),
-                            watch=WatchTuning(instance_ttl=args.ttl))
+                            watch=WatchTuning(instance_ttl=args.ttl), limits=fleet_limits(max(args.instances)))
         async with running_server(settings) as (url, _pid):
             for total in args.instances:
                 await run_size(url, etcd.endpoints[0], total, args)

@@ -4,8 +4,11 @@
   on first use, reopened after an error) instead of one gRPC stream per heartbeat; responses
   are matched to waiters by lease id, in order.
 * :class:`PutBatcher` puts the keys of concurrent reports (a push acknowledged by a whole fleet)
-  in one transaction of at most :data:`MAX_TXN_OPS` puts. If a batch fails, its puts are retried
-  one by one, so one bad put (an expired lease: :class:`LeaseGone`) never fails the others.
+  in one transaction of at most :data:`MAX_TXN_OPS` puts. Each put carries its guard (the key is
+  still attached to the reporter's lease, or does not exist yet): the transaction's compares are
+  all of its puts' guards. If a batch fails or a guard does not hold, its puts are retried one by
+  one, so one bad put (an expired lease: :class:`LeaseGone`; a record that changed hands:
+  :class:`RecordChanged`) never fails the others.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import logging
 import grpc
 import grpc.aio
 from etcd3aio import Etcd3Client
-from etcd3aio._protobuf import rpc_pb2, rpc_pb2_grpc
+from etcd3aio._protobuf import Compare, rpc_pb2, rpc_pb2_grpc
 
 from ..errors import EtcdUnavailableError
 from .etcd import RequestStream, etcd_errors
@@ -28,6 +31,20 @@ MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 
 class LeaseGone(Exception):
     """The lease a put named has expired (etcd: requested lease not found)."""
+
+
+class RecordChanged(Exception):
+    """A put's guard did not hold: the key is not (or no longer) attached to the lease, or exists already."""
+
+
+def attached_to(key: bytes, lease: int) -> Compare:
+    """Guard: ``key`` exists and is attached to ``lease``."""
+    return Compare(result=Compare.EQUAL, target=Compare.LEASE, key=key, lease=lease)
+
+
+def absent(key: bytes) -> Compare:
+    """Guard: ``key`` does not exist."""
+    return Compare(result=Compare.EQUAL, target=Compare.CREATE, key=key, create_revision=0)
 
 
 class KeepAlives:
@@ -100,20 +117,24 @@ class KeepAlives:
         self._waiters.clear()
 
 
+_Put = tuple[bytes, bytes, int, Compare, "asyncio.Future[None]"]
+
+
 class PutBatcher:
     """Concurrent puts share transactions; see the module docstring."""
 
     def __init__(self, client: Etcd3Client, timeout: float) -> None:
         self._client = client
         self._timeout = timeout
-        self._pending: list[tuple[bytes, bytes, int, asyncio.Future[None]]] = []
+        self._pending: list[_Put] = []
         self._task: asyncio.Task[None] | None = None
         self.transactions = 0
 
-    async def put(self, key: bytes, value: bytes, lease: int) -> None:
-        """Put ``key`` attached to ``lease``; ``LeaseGone`` if the lease expired, 503 if etcd is away."""
+    async def put(self, key: bytes, value: bytes, lease: int, guard: Compare) -> None:
+        """Put ``key`` attached to ``lease`` if ``guard`` holds: ``RecordChanged`` if it does not,
+        ``LeaseGone`` if the lease expired, 503 if etcd is away."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((key, value, lease, future))
+        self._pending.append((key, value, lease, guard, future))
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._flush(), name="instance-puts")
         await future
@@ -131,26 +152,28 @@ class PutBatcher:
         finally:
             self._task = None
 
-    async def _commit(self, batch: list[tuple[bytes, bytes, int, asyncio.Future[None]]]) -> None:
+    async def _commit(self, batch: list[_Put]) -> None:
         """One transaction; with a single put its error goes to its waiter instead of being raised."""
         kv = self._client.kv
         try:
             if kv is None:
                 raise EtcdUnavailableError("etcd client is not connected")
-            ops = [kv.txn_op_put(key, value, lease=lease) for key, value, lease, _ in batch]
+            ops = [kv.txn_op_put(key, value, lease=lease) for key, value, lease, _, _ in batch]
             with etcd_errors("store instance reports"):
                 try:
-                    await kv.txn([], ops, timeout=self._timeout)
+                    response = await kv.txn([guard for *_, guard, _ in batch], ops, timeout=self._timeout)
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() == grpc.StatusCode.NOT_FOUND and "lease" in (exc.details() or ""):
                         raise LeaseGone(exc.details()) from exc
                     raise
             self.transactions += 1
+            if not response.succeeded:
+                raise RecordChanged("the instance record changed hands")
         except Exception as exc:
             if len(batch) > 1:
                 raise
-            if not batch[0][3].done():
-                batch[0][3].set_exception(exc)
+            if not batch[0][4].done():
+                batch[0][4].set_exception(exc)
             return
         for *_, future in batch:
             if not future.done():

@@ -3,11 +3,21 @@
 A report is at most :data:`MAX_REPORT_BYTES` of JSON; the instance id, service and label keys are
 short names, labels and namespaces are counted, reasons are cut off at :data:`MAX_REASON`. Anything
 else is a 400 (``invalid_body`` / ``invalid_argument``) and nothing is written.
+
+The ``lease`` a report (or a goodbye) presents is the record's **capability**: 32 lower-case hex
+digits, the etcd lease id (16) then a random secret (16) that only the server that created the
+record and its reporter ever saw. etcd hands out lease ids in sequence (a reporter that got lease
+``…4c08`` can guess its neighbours ``…4c06`` and ``…4c0a``), so the id alone proves nothing; the
+record stores only a digest of the secret (:func:`holder_digest`). A bare lease id (1-16 hex, what
+servers before capabilities returned) still parses, with no secret: it holds only a record written
+by such a server (no digest stored), and is upgraded to a capability at its next report.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,11 +36,38 @@ MAX_REVISION = 2**63 - 1
 INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
-_LEASE = re.compile(r"[0-9a-f]{1,16}")
+_LEASE = re.compile(r"[0-9a-f]{32}|[0-9a-f]{1,16}")
 _FIELDS = frozenset({"service", "labels", "selectors", "mode", "namespaces", "lease", "stored"})
 _DIGEST = re.compile(r"[0-9a-f]{32}")
 _NS_FIELDS = frozenset({"applied", "source", "rejected", "reason"})
 Mode = Literal["live", "fallback"]
+
+
+@dataclass(frozen=True, slots=True)
+class Capability:
+    """What a reporter presents to change or remove its record: the lease id and the secret."""
+
+    lease: int
+    secret: str | None  # None: a bare lease id from a server before capabilities (see module docstring)
+
+    @classmethod
+    def issue(cls, lease: int) -> Capability:
+        """A fresh capability for a newly granted ``lease`` (64 random bits of secret)."""
+        return cls(lease, secrets.token_hex(8))
+
+    @property
+    def text(self) -> str:
+        """The wire form handed to the reporter (32 hex; a legacy one: the bare lease id)."""
+        return f"{self.lease:x}" if self.secret is None else f"{self.lease:016x}{self.secret}"
+
+    @property
+    def holder(self) -> str | None:
+        """The digest of the secret that the record stores (None for a legacy capability)."""
+        return None if self.secret is None else holder_digest(self.secret)
+
+
+def holder_digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +79,7 @@ class Report:
     selectors: list[str]
     mode: str
     namespaces: dict[str, dict[str, Any]]
-    lease: int | None
+    lease: Capability | None
     stored: str | None = None  # the digest of the report the instance last got stored (from that answer)
 
     def state(self, instance_id: str) -> dict[str, Any]:
@@ -57,13 +94,15 @@ def instance_id(raw: str) -> str:
     return raw
 
 
-def lease_id(raw: Any, where: str = "lease") -> int | None:
-    """A lease id as the server handed it out (lower-case hex), or None."""
+def capability(raw: Any, where: str = "lease") -> Capability | None:
+    """The capability as the server handed it out (see the module docstring), or None."""
     if raw is None:
         return None
     if not isinstance(raw, str) or not _LEASE.fullmatch(raw):
-        raise InvalidArgumentError(f"{where} must be the lease id the server returned (hex)", parameter=where)
-    return int(raw, 16)
+        raise InvalidArgumentError(f"{where} must be the lease the server returned (hex)", parameter=where)
+    if len(raw) == 32:
+        return Capability(int(raw[:16], 16), raw[16:])
+    return Capability(int(raw, 16), None)
 
 
 def parse_report(raw: bytes) -> Report:
@@ -89,9 +128,9 @@ def parse_report(raw: bytes) -> Report:
     if "stored" in body and (not isinstance(stored, str) or not _DIGEST.fullmatch(stored)):
         raise _bad("$.stored", "stored must be the digest of the previous answer")
     if "lease" in body and not isinstance(body["lease"], str):
-        raise InvalidArgumentError("lease must be the lease id the server returned (hex)", parameter="lease")
+        raise InvalidArgumentError("lease must be the lease the server returned (hex)", parameter="lease")
     return Report(service, _labels(body.get("labels", {})), _selectors(body.get("selectors", [])), mode,
-                  _namespaces(body.get("namespaces", {})), lease_id(body.get("lease")), stored)
+                  _namespaces(body.get("namespaces", {})), capability(body.get("lease")), stored)
 
 
 def _bad(path: str, message: str) -> InvalidBodyError:

@@ -5,14 +5,21 @@ Contract
 * An instance's report (``_instance_report.Report``) is stored at ``<prefix>instances/<id>``,
   attached to an etcd lease of ``watch.instance_ttl`` seconds: every replica lists the same fleet,
   and an instance that stops reporting disappears when its lease expires (no replica has to notice).
+* **Only the holder of a record changes or removes it.** A first report for an id with no live
+  record creates it (``_instance_admission``: 429 past the caps) under a new lease and answers the
+  record's capability (``_instance_report.Capability``: lease id + secret; the record keeps only a
+  digest of the secret). Later reports and the goodbye present it; a report or goodbye for a live
+  id without it is 409 and writes nothing. Every write is guarded in etcd (the key is still attached
+  to the lease, or does not exist yet), so a replica's stale memory never lets a write through.
+  A report whose record is gone (its lease expired) creates it again, answering a new capability.
+  Neither the lease nor the digest is ever listed; every removal revokes the record's lease.
+  A live record's changes are rate-limited per instance (``_instance_admission.WriteBudget``).
 * A steady fleet costs lease keep-alives, not writes: the key is written only when the report's
   content differs from what was stored (its digest), when the instance is new, or when its lease
-  expired. An unchanged report (the heartbeat, every ``ttl / 3`` seconds) renews the lease the
-  instance presents. Each replica remembers (bounded LRU) the lease and digest of the instances
-  that reported to it; a report reaching a replica that does not know the instance costs one read
-  of its key, not a write.
-* The lease id is handed to the instance and presented with its next reports; a presented lease
-  that is not the one stored for that instance id is never renewed (a new lease is granted instead).
+  expired. An unchanged report (the heartbeat, every ``ttl / 3`` seconds) renews the lease of the
+  capability it presents. Each replica remembers (bounded LRU) the lease, secret digest and
+  content digest of the instances that reported to it; a report reaching a replica that does not
+  know the instance (or presenting another capability) costs one read of its key, not a write.
 * ``rollout()`` classifies every instance subscribed to a namespace (its selectors match, or it
   reported the namespace) against a target revision: ``applied`` (applied ≥ target), ``rejected``
   (rejected ≥ target and not applied), ``fallback`` (neither, instance not live) or ``pending``.
@@ -25,28 +32,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+import grpc
 import orjson
 from cachetools import LRUCache
 from etcd3aio import Etcd3Client, prefix_range_end
 
 from configcenter_sdk.names import namespace_matcher
 
-from ..errors import EtcdUnavailableError
+from ..errors import ConflictError, EtcdUnavailableError
 from ..model import Release
-from ._instance_etcd import KeepAlives, LeaseGone, PutBatcher
-from ._instance_report import Report
+from ._instance_admission import COUNT_FRESH, Census, WriteBudget
+from ._instance_etcd import KeepAlives, LeaseGone, PutBatcher, RecordChanged, absent, attached_to
+from ._instance_report import Capability, Report
 from .etcd import etcd_errors
 from .metrics import Metrics
 
 log = logging.getLogger("configcenter.instances")
 STATUSES = ("applied", "pending", "rejected", "fallback")
 _MAX_KNOWN = 100_000
+#: Fields of a stored record that are never listed.
+PRIVATE = ("digest", "holder", "owner", "lease")
 
 
 @dataclass(slots=True)
@@ -54,17 +66,42 @@ class _Known:
     """What this replica last stored (or read) for an instance."""
 
     lease: int
+    holder: str | None  # digest of the capability's secret (None: written by a server before capabilities)
+    owner: str | None  # whom the record counts against (_instance_admission.owner_of)
     digest: str
     applied: dict[str, int | None]
     seen: float  # last report handled here (or the stored updated_at)
     renewed: float  # last time this replica granted or renewed the lease
+    writes: WriteBudget = field(default_factory=WriteBudget)  # changed reports it may still write here
+
+    def held_by(self, cap: Capability | None) -> bool:
+        """Whether ``cap`` is this record's capability (constant-time on the secret's digest)."""
+        if cap is None or cap.lease != self.lease:
+            return False
+        if self.holder is None or cap.holder is None:
+            return self.holder is None and cap.holder is None  # a legacy record and its bare lease id
+        return hmac.compare_digest(self.holder, cap.holder)
+
+
+class InstanceHeldError(ConflictError):
+    """409: a live record of the id has another holder; ``Retry-After``: the lease TTL (by then a
+    record nobody renews is gone)."""
+
+    def __init__(self, instance_id: str, ttl: int) -> None:
+        super().__init__(f"instance {instance_id!r} is held by another live instance: only the holder of its "
+                         "lease may change or remove it (the id is free again once that instance leaves or "
+                         "its lease expires)", instance=instance_id)
+        self.ttl = ttl
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.ttl)}
 
 
 class InstanceRegistry:
     """Instance reports in etcd with leases; see the module contract."""
 
     def __init__(self, client: Etcd3Client, prefix: str, ttl: float, metrics: Metrics, *, timeout: float,
-                 releases: Callable[[], Mapping[str, Release]]) -> None:
+                 releases: Callable[[], Mapping[str, Release]], caps: tuple[int, int] = (10_000, 1_000)) -> None:
         self._client = client
         self._prefix = f"{prefix}instances/".encode()
         self.ttl = max(2, round(ttl))
@@ -75,6 +112,8 @@ class InstanceRegistry:
         self._known: LRUCache[str, _Known] = LRUCache(maxsize=_MAX_KNOWN)
         self.keepalives = KeepAlives(client, timeout)
         self.puts = PutBatcher(client, timeout)
+        self.census = Census(*caps, retry_after=self.heartbeat)
+        self._refresh = asyncio.Lock()
 
     def key(self, instance_id: str) -> bytes:
         return self._prefix + instance_id.encode()
@@ -95,86 +134,170 @@ class InstanceRegistry:
     def digest(state: dict[str, Any]) -> str:
         return hashlib.sha256(orjson.dumps(state, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
-    async def report(self, instance_id: str, report: Report) -> tuple[int, bool]:
-        """Store or renew ``report``; returns (lease id, whether etcd was written)."""
+    async def report(self, instance_id: str, report: Report, owner: str) -> tuple[Capability, bool]:
+        """Store or renew ``report``: (the capability to present next, whether etcd was written).
+
+        409 if a live record of ``instance_id`` has another holder; 429 past the caps for a new one.
+        """
         state = report.state(instance_id)
         digest = self.digest(state)
+        known = await self._holder(instance_id, report.lease)
+        if known is None:
+            return await self._create(instance_id, state, digest, owner), True
+        cap = report.lease if known.holder is not None else None
+        if cap is not None and digest == (report.stored or known.digest):
+            # unchanged since what the instance last got stored (through any replica)
+            if await self.keepalives.renew(known.lease) > 0:
+                known.seen = known.renewed = time.time()
+                known.digest = digest
+                self._metrics.inc("configcenter_instance_keepalives_total")
+                return cap, False
+        else:
+            cap = cap or Capability.issue(known.lease)  # a legacy record gets a capability: one write
+            known.writes.spend(time.time())
+            try:
+                await self._store(instance_id, state, digest, known, cap)
+                return cap, True
+            except (LeaseGone, RecordChanged):
+                pass
+        # its lease expired, and the record with it: a new record (unless someone else was quicker)
+        self._known.pop(instance_id, None)
+        return await self._create(instance_id, state, digest, owner), True
+
+    async def _holder(self, instance_id: str, cap: Capability | None) -> _Known | None:
+        """The live record ``cap`` holds; None if there is none; 409 if another holds it."""
         known = self._known.get(instance_id)
-        if known is None and report.lease is not None:
-            known = await self._read(instance_id)
-        now = time.time()
-        if known is not None and report.lease in (None, known.lease):
-            # unchanged since what the instance last got stored (through any replica), else since what we stored
-            if digest == (report.stored or known.digest):
-                if await self.keepalives.renew(known.lease) > 0:
-                    known.seen = known.renewed = now
-                    known.digest = digest
-                    self._metrics.inc("configcenter_instance_keepalives_total")
-                    return known.lease, False
-            elif await self._store(instance_id, state, digest, known, known.lease):
-                return known.lease, True
-        with etcd_errors("grant an instance lease"):
-            lease = int((await self._lease.grant(self.ttl, timeout=self._timeout)).ID)
-        if not await self._store(instance_id, state, digest, known, lease):
-            raise EtcdUnavailableError("etcd dropped a lease it just granted", action="store an instance report")
-        return lease, True
+        if known is not None and known.held_by(cap):
+            return known
+        known = await self._read(instance_id)  # etcd decides a refusal, never this replica's memory
+        if known is None:
+            self._known.pop(instance_id, None)
+            return None
+        if not known.held_by(cap):
+            raise InstanceHeldError(instance_id, self.ttl)
+        self._known[instance_id] = known
+        return known
+
+    async def _create(self, instance_id: str, state: dict[str, Any], digest: str, owner: str) -> Capability:
+        """A new record under a new lease, if the caps admit it and the id has no live record (else 409)."""
+        ticket = await self._admit(owner)
+        try:
+            with etcd_errors("grant an instance lease"):
+                lease = int((await self._lease.grant(self.ttl, timeout=self._timeout)).ID)
+            cap = Capability.issue(lease)
+            try:
+                await self._store(instance_id, state, digest, None, cap, owner)
+            except RecordChanged:
+                await self._revoke(lease)
+                raise InstanceHeldError(instance_id, self.ttl) from None
+            except LeaseGone:
+                raise EtcdUnavailableError("etcd dropped a lease it just granted",
+                                           action="store an instance report") from None
+        except BaseException:
+            self.census.release(ticket)
+            raise
+        return cap
+
+    async def _admit(self, owner: str) -> tuple[float, str]:
+        """Reserve a new record in the census (refreshed first when stale); 429 past a cap."""
+        async with self._refresh:
+            began = time.monotonic()
+            if began - self.census.listed_at > self.heartbeat:
+                await self.fleet()
+            elif began - self.census.counted_at > COUNT_FRESH:
+                with etcd_errors("count instances"):
+                    resp = await self._kv.get(self._prefix, range_end=prefix_range_end(self._prefix),
+                                              count_only=True, timeout=self._timeout)
+                self.census.counted(int(resp.count), began)
+        return self.census.admit(owner, time.monotonic())
 
     async def _store(self, instance_id: str, state: dict[str, Any], digest: str, known: _Known | None,
-                     lease: int) -> bool:
-        """Put the report attached to ``lease`` (renewing it too when due); False if the lease expired."""
+                     cap: Capability, owner: str | None = None) -> None:
+        """Put the report attached to ``cap``'s lease (renewing it too when due), guarded: the key is
+        still attached to that lease (``known``) or does not exist (a new record).
+        ``LeaseGone``/``RecordChanged`` if that no longer holds."""
         now = time.time()
-        value = orjson.dumps({**state, "digest": digest, "updated_at": now, "lease": f"{lease:x}"})
-        renew = known is not None and known.lease == lease and now - known.renewed >= self.heartbeat
-        steps = [self.puts.put(self.key(instance_id), value, lease)]
+        owner = known.owner if known is not None else owner
+        value = orjson.dumps({**state, "digest": digest, "updated_at": now, "holder": cap.holder, "owner": owner})
+        key = self.key(instance_id)
+        renew = known is not None and now - known.renewed >= self.heartbeat
+        guard = attached_to(key, cap.lease) if known is not None else absent(key)
+        steps = [self.puts.put(key, value, cap.lease, guard)]
         if renew:
-            steps.append(self._renew_quietly(lease))
+            steps.append(self._renew_quietly(cap.lease))
         put_result = (await asyncio.gather(*steps, return_exceptions=True))[0]
-        if isinstance(put_result, LeaseGone):
-            return False
         if isinstance(put_result, BaseException):
             raise put_result
         self._metrics.inc("configcenter_instance_writes_total")
         applied = {ns: entry["applied"] for ns, entry in state["namespaces"].items()}
         if known is not None:
             self._observe_acks(known.applied, applied, now)
-        renewed = now if known is None or known.lease != lease or renew else known.renewed
-        self._known[instance_id] = _Known(lease, digest, applied, now, renewed)
-        return True
+        renewed = known.renewed if known is not None and not renew else now
+        writes = known.writes if known is not None else WriteBudget()
+        self._known[instance_id] = _Known(cap.lease, cap.holder, owner, digest, applied, now, renewed, writes)
 
     async def _renew_quietly(self, lease: int) -> None:
         """A renewal riding along with a write: its failure shows in the next heartbeat, not here."""
         with contextlib.suppress(EtcdUnavailableError):
             await self.keepalives.renew(lease)
 
+    async def _revoke(self, lease: int) -> bool:
+        """Revoke ``lease`` (its record goes with it); False if it had expired already."""
+        with etcd_errors("revoke an instance lease"):
+            try:
+                await self._lease.revoke(lease, timeout=self._timeout)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    return False
+                raise
+        return True
+
     async def close(self) -> None:
         await self.keepalives.close()
 
-    async def goodbye(self, instance_id: str, lease: int) -> bool:
-        """Remove the instance now (revoke its lease) if ``lease`` is the one stored for it."""
-        known = self._known.get(instance_id) or await self._read(instance_id)
-        if known is None or known.lease != lease:
-            return False
-        with etcd_errors("revoke an instance lease"):
-            await self._lease.revoke(lease, timeout=self._timeout)
+    async def goodbye(self, instance_id: str, cap: Capability) -> bool:
+        """Remove the instance now (revoke its lease) if ``cap`` holds it; False if it is gone, 409 if
+        another holds it."""
+        known = await self._holder(instance_id, cap)
         self._known.pop(instance_id, None)
-        return True
+        return known is not None and await self._revoke(known.lease)
+
+    async def evict(self, instance_id: str, allowed: Callable[[dict[str, Any]], None]) -> bool:
+        """An operator removes the instance (revokes its lease) after ``allowed(record)`` (which raises
+        to refuse); False if there is none."""
+        with etcd_errors("read an instance"):
+            resp = await self._kv.get(self.key(instance_id), timeout=self._timeout)
+        if not resp.kvs or not resp.kvs[0].lease:
+            return False
+        try:
+            record = orjson.loads(resp.kvs[0].value)
+        except orjson.JSONDecodeError:
+            record = {}
+        allowed(record if isinstance(record, dict) else {})
+        self._known.pop(instance_id, None)
+        return await self._revoke(int(resp.kvs[0].lease))
 
     async def fleet(self) -> list[dict[str, Any]]:
-        """Every live instance (one range read), sorted by service and id, with ``last_seen``."""
+        """Every live instance (one range read), sorted by service and id, with ``last_seen``; never a
+        lease or a digest. Counts the records for the caps (``census``) on the way."""
         start = self._prefix
+        began = time.monotonic()
         with etcd_errors("list instances"):
             resp = await self._kv.get(start, range_end=prefix_range_end(start), timeout=self._timeout)
-        out = []
+        out, owners = [], []
         for kv in resp.kvs:
             try:
                 item = orjson.loads(kv.value)
+                owners.append(item.get("owner"))
                 item["id"] = kv.key[len(start):].decode()
                 known = self._known.get(item["id"])
                 item["last_seen"] = max(float(item.get("updated_at", 0)), known.seen if known else 0.0)
-                item.pop("digest", None)
+                for private in PRIVATE:
+                    item.pop(private, None)
                 out.append(item)
-            except (orjson.JSONDecodeError, TypeError, ValueError, UnicodeDecodeError):
+            except (orjson.JSONDecodeError, TypeError, ValueError, UnicodeDecodeError, AttributeError):
                 log.warning("ignoring an invalid instance record at %r", kv.key[:200])
+        self.census.listed(owners, began)
         return sorted(out, key=lambda i: (str(i.get("service")), i["id"]))
 
     async def run_metrics(self) -> NoReturn:
@@ -208,7 +331,9 @@ class InstanceRegistry:
             value = orjson.loads(resp.kvs[0].value)
             applied = {ns: e.get("applied") for ns, e in value["namespaces"].items()}
             updated = float(value["updated_at"])
-            return _Known(int(resp.kvs[0].lease), str(value["digest"]), applied, updated, updated)
+            holder, owner = value.get("holder"), value.get("owner")
+            return _Known(int(resp.kvs[0].lease), holder if isinstance(holder, str) else None,
+                          owner if isinstance(owner, str) else None, str(value["digest"]), applied, updated, updated)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             return None
 

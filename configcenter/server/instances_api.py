@@ -2,10 +2,17 @@
 
 * ``POST /v1/instances/{id}/report``: an SDK's report (``_instance_report``); needs what a watch
   needs (open, or a reader token with ``auth.read_requires_token``; a scoped token may report only
-  namespaces and selectors inside its scope). Answers ``{id, lease, ttl, heartbeat, written}``.
-* ``DELETE /v1/instances/{id}?lease=L``: goodbye (204; 404 if ``L`` is not the instance's lease).
-* ``GET /v1/instances[?service=S&ns=NS]``: the fleet.
-* ``GET /v1/namespaces/{ns}/rollout[?revision=R]``: the rollout of R (default: the current revision).
+  namespaces and selectors inside its scope). Answers ``{id, lease, ttl, heartbeat, written, digest}``:
+  ``lease`` is the record's capability, to present with the next reports and the goodbye (409 for
+  a live id reported without it; 429 past the caps on new records: ``instances.py``).
+* ``DELETE /v1/instances/{id}?lease=L``: goodbye (204; 404 if the instance is gone, 409 if ``L``
+  does not hold it). Without ``lease``: an operator's removal, admin only (a scoped admin: of an
+  instance whose namespaces and selectors all lie in its scope). Both are in the audit log.
+* ``GET /v1/instances[?service=S&ns=NS]``: the fleet, never a lease. Where reads are scoped
+  (``auth.read_requires_token``), a scoped token sees an instance only if some of its namespaces
+  or selectors lie in the scope, with only those; ``ns`` outside the scope is 403.
+* ``GET /v1/namespaces/{ns}/rollout[?revision=R]``: the rollout of R (default: the current revision);
+  ``ns`` is scope-checked like a get, and each row is about ``ns`` only.
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ from aiohttp import web
 
 from .. import errors
 from ..model import validate_namespace
-from ._instance_report import MAX_REPORT_BYTES, instance_id, lease_id, parse_report
+from ._instance_admission import owner_of
+from ._instance_report import MAX_REPORT_BYTES, capability, instance_id, parse_report
 from .api import NS, authorized, int_param, json_response, rt
-from .auth import Principal
+from .audit import request_info
+from .auth import Principal, TokenAuth, intersect
 from .instances import classify, rollout
 
 
@@ -36,21 +45,40 @@ async def report(request: web.Request) -> web.Response:
             runtime.auth.check_scope(request, principal, "watch", ns)
         # what its watch gets: the selectors cut to the scope (403 if one is entirely outside)
         body = replace(body, selectors=sorted(runtime.auth.narrow(request, principal, body.selectors)))
-    lease, written = await runtime.instances.report(iid, body)
+    owner = owner_of(principal.name if principal else None, request_info(request).client)
+    cap, written = await runtime.instances.report(iid, body, owner)
     registry = runtime.instances
-    return json_response({"id": iid, "lease": f"{lease:x}", "ttl": registry.ttl, "heartbeat": registry.heartbeat,
+    return json_response({"id": iid, "lease": cap.text, "ttl": registry.ttl, "heartbeat": registry.heartbeat,
                           "written": written, "digest": registry.digest(body.state(iid))})
 
 
 async def goodbye(request: web.Request) -> web.Response:
     runtime = rt(request)
+    if "lease" not in request.query:
+        return await evict(request)
     runtime.auth.require(request, "watch")
+    request_info(request).action = "goodbye"  # audited like a write
     iid = instance_id(request.match_info["id"])
-    lease = lease_id(request.query.get("lease"))
-    if lease is None:
-        raise errors.InvalidArgumentError("goodbye needs ?lease=<the lease of the last report>", parameter="lease")
-    if not await runtime.instances.goodbye(iid, lease):
-        raise errors.NotFoundError(f"no instance {iid!r} with that lease", instance=iid)
+    cap = capability(request.query["lease"])
+    if cap is None or not await runtime.instances.goodbye(iid, cap):
+        raise errors.NotFoundError(f"no live instance {iid!r}", instance=iid)
+    return web.Response(status=204)
+
+
+async def evict(request: web.Request) -> web.Response:
+    """An operator removes an instance (e.g. one squatting an id): admin, inside its scope."""
+    runtime = rt(request)
+    principal = runtime.auth.require(request, "evict")
+    iid = instance_id(request.match_info["id"])
+
+    def allowed(record: dict[str, Any]) -> None:
+        namespaces = record.get("namespaces")
+        for ns in [*(namespaces if isinstance(namespaces, dict) else ()), *(record.get("selectors") or [""])]:
+            runtime.auth.check_scope(request, principal, "evict", str(ns))
+        request_info(request).namespace = None  # the audit line names the instance (path), not one namespace
+
+    if not await runtime.instances.evict(iid, allowed):
+        raise errors.NotFoundError(f"no live instance {iid!r}", instance=iid)
     return web.Response(status=204)
 
 
@@ -61,19 +89,32 @@ async def list_instances(request: web.Request) -> web.Response:
     ns = request.query.get("ns")
     if ns is not None:
         validate_namespace(ns)
+        runtime.auth.check_scope(request, principal, "list", ns)
     items = []
     for item in await runtime.instances.fleet():
         if (service is not None and item.get("service") != service) or (
                 ns is not None and classify(item, ns, 0) is None):
             continue
-        items.append(_visible(runtime.auth.visible, principal, item))
+        shown = in_scope(runtime.auth, principal, item)
+        if shown is not None:
+            items.append(shown)
     return json_response({"instances": items, "count": len(items), "ttl": runtime.instances.ttl})
 
 
-def _visible(visible: Any, principal: Principal | None, item: dict[str, Any]) -> dict[str, Any]:
-    """The instance with only the namespaces the principal may see."""
-    namespaces = item.get("namespaces", {})
-    return {**item, "namespaces": {ns: e for ns, e in namespaces.items() if visible(principal, ns)}}
+def in_scope(auth: TokenAuth, principal: Principal | None, item: dict[str, Any]) -> dict[str, Any] | None:
+    """The instance as ``principal`` may see it: only its namespaces and selectors inside the scope
+    (selectors cut to the scope); None if nothing of it is inside."""
+    if principal is None or principal.namespaces is None or not auth.scoped(principal, "list"):
+        return item
+    scope = principal.namespaces
+    namespaces = {ns: e for ns, e in item.get("namespaces", {}).items() if principal.covers(ns)}
+    selectors: list[str] = []
+    for selector in item.get("selectors") or [""]:
+        parts = list(scope) if selector == "" else [intersect(selector, entry) for entry in scope]
+        selectors += [p for p in parts if p is not None and p not in selectors]
+    if not namespaces and not selectors:
+        return None
+    return {**item, "namespaces": namespaces, "selectors": selectors}
 
 
 async def namespace_rollout(request: web.Request) -> web.Response:

@@ -12,6 +12,13 @@ Contract
 * Reports run in their own task: ``route()`` and ``get()`` never wait for them. A failed report is
   retried with exponential backoff and full jitter; only the latest state is ever sent (it is
   rebuilt from the client's state at each attempt), so memory does not grow while the server is away.
+* The answer's ``lease`` is the instance's capability: only its holder may change or remove the
+  record, so it is sent back with every report and the goodbye. If the record is lost (its lease
+  expired while the server was away), the server creates it again with a new capability, which
+  replaces the old one. 409 (the id is held by another live instance: e.g. a process restarted
+  with a fixed ``instance_id`` before its predecessor's lease expired) drops the capability and
+  tries again after ``Retry-After`` (the server's lease TTL), as a new instance; 429 (the server's
+  instance caps are reached) waits ``Retry-After`` too (bounded: :data:`MAX_RETRY_AFTER`).
 * ``goodbye()`` (on ``close()``) deletes the instance at the server; a process that dies without it
   disappears when its lease expires.
 """
@@ -47,6 +54,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
 _UNSUPPORTED_RETRY = 300.0  # a server without the endpoint (404/405) is asked again after 5 minutes
+MAX_RETRY_AFTER = 300.0  # a server's Retry-After is followed up to this many seconds
 
 Session = Callable[[], aiohttp.ClientSession | None]
 
@@ -102,6 +110,13 @@ def namespace_report(state: LocalState, mode: str) -> dict[str, dict[str, Any]]:
             entry["reason"] = rejected.message[:MAX_REASON]
         report[ns] = entry
     return report
+
+
+def _retry_after(raw: str | None) -> float | None:
+    """A ``Retry-After`` in seconds (the HTTP-date form is not used by the server), bounded."""
+    if raw is None or len(raw) > 8 or not (raw.strip().isascii() and raw.strip().isdigit()):
+        return None
+    return min(MAX_RETRY_AFTER, max(1.0, float(raw)))
 
 
 class Reporter:
@@ -174,6 +189,7 @@ class Reporter:
                                     timeout=aiohttp.ClientTimeout(total=self._timeout)) as resp:
                 raw = await resp.read()
                 status = resp.status
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             self.failures += 1
             log.debug("report to %s failed: %s", url, exc or type(exc).__name__)
@@ -186,6 +202,10 @@ class Reporter:
             log.info("server %s does not take instance reports (HTTP %d); asking again later", url, status)
             return _UNSUPPORTED_RETRY
         log.warning("instance report refused by %s: HTTP %d %s", url, status, raw[:200].decode(errors="replace"))
+        if status == 409:  # another live instance holds the id: ours is lost, register anew when it is free
+            self._lease = self._stored = None
+        if status in (409, 429) and retry_after is not None:
+            return retry_after * self._rng.uniform(1.0, 1.25)  # spread a refused fleet's retries
         return self._backoff[1] if 400 <= status < 500 else 0
 
     def _accept(self, raw: bytes) -> None:

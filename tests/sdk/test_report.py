@@ -94,3 +94,44 @@ async def test_reports_retry_after_an_outage_with_the_latest_state(make_server: 
         assert server.runtime.metrics.values["configcenter_instance_writes_total"] <= 3
     finally:
         await client.close()
+
+
+async def test_a_lost_record_is_registered_again(make_server: Any, http: aiohttp.ClientSession) -> None:
+    """The instance's lease expired (here: revoked in etcd behind everyone's back): its next report
+    creates the record again under a new capability, which the SDK keeps using."""
+    server = await make_server(watch=FAST)
+    async with ConfigClient([server.url], ["app/"], service="phoenix", idle_timeout=2.0) as c:
+        await eventually(lambda: c.reports_sent)
+        reporter = c._reporter
+        assert reporter is not None and reporter._lease is not None and len(reporter._lease) == 32
+        old = reporter._lease
+        lease = server.runtime.client.lease
+        assert lease is not None
+        await lease.revoke(int(old[:16], 16))
+        assert c.identity.instance_id not in await fleet(http, server)
+
+        async def back() -> bool:
+            return c.identity.instance_id in await fleet(http, server) and reporter._lease != old
+
+        await eventually(back, timeout=5, interval=0.1)
+        sent = reporter.sent
+        await eventually(lambda: reporter.sent > sent + 1, timeout=5)  # heartbeats on the new capability
+        assert reporter.failures == 0 and c.identity.instance_id in await fleet(http, server)
+
+
+async def test_a_fixed_id_still_held_waits_for_the_old_lease(make_server: Any, http: aiohttp.ClientSession) -> None:
+    """A process restarted with a fixed ``instance_id`` while its predecessor's record is live: 409,
+    it waits the server's Retry-After (the TTL) and registers once the old lease expired."""
+    server = await make_server(watch=FAST)
+    old = {"service": "before", "selectors": ["app/"], "mode": "live", "namespaces": {}}
+    async with http.post(f"{server.url}/v1/instances/fixed-1/report", json=old) as resp:
+        assert resp.status == 200  # nobody renews it: gone within the TTL
+    async with ConfigClient([server.url], ["app/"], service="after", instance_id="fixed-1", idle_timeout=2.0) as c:
+        await eventually(lambda: c._reporter is not None and c._reporter.failures >= 1, timeout=5)
+
+        async def registered() -> bool:
+            item = (await fleet(http, server)).get("fixed-1")
+            return bool(item and item["service"] == "after")
+
+        await eventually(registered, timeout=12, interval=0.2)
+        assert c.reports_sent >= 1

@@ -260,8 +260,11 @@ async def test_report_auth(guarded: RunningServer, http: aiohttp.ClientSession) 
     assert status == 200 and answer["written"] is True and answer["ttl"] == TTL
     status, again = await post_report(http, guarded, "svc-1", report_body(lease=answer["lease"]))
     assert status == 200 and again == {**answer, "written": False}  # a heartbeat: lease renewed only
-    status, stolen = await post_report(http, guarded, "svc-1", report_body(lease="1"))
-    assert status == 200 and stolen["written"] is True and stolen["lease"] != "1"  # never renews a foreign lease
+    held = await guarded.runtime.store.current_revision()
+    for foreign in (report_body(lease="1"), report_body(), report_body(lease=answer["lease"][:16])):
+        status, stolen = await post_report(http, guarded, "svc-1", foreign)  # never another's record
+        assert (status, stolen["error"]["code"]) == (409, "conflict")
+    assert await guarded.runtime.store.current_revision() == held
 
 
 async def test_rollout_is_a_reserved_word(guarded: RunningServer, http: aiohttp.ClientSession) -> None:
