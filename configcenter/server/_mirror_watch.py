@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Set
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Set
 from typing import Any
 
 from etcd3aio import Etcd3Client, prefix_range_end
@@ -112,6 +112,32 @@ class ProgressVerifier:
         with contextlib.suppress(UnicodeDecodeError):
             return {self._layout.ns_of_doc_key(item.key) for item in items} == set(present)
         return False
+
+    async def agrees(self, revision: int, documents: Mapping[str, int]) -> bool | None:
+        """Whether ``docs/`` at ``revision`` holds exactly ``documents`` ({ns: mod_revision}; -1: any).
+
+        Exact, unlike ``confirms``: the mirror claims to hold every change up to its applied revision,
+        so there etcd's keys and mod revisions must be its own.  False also when etcd compacted
+        ``revision`` (nothing can be checked there any more: a re-list is the way out); None when
+        etcd cannot be asked now.
+        """
+        kv = self._client.kv
+        if kv is None:
+            return None
+        start = self._layout.docs_prefix
+        try:
+            _, items = await _etcd.read_range(
+                kv, start, prefix_range_end(start), revision=revision, keys_only=True, timeout=self._timeout
+            )
+        except Exception as exc:
+            return False if _etcd.compacted(exc) else None
+        try:
+            held = {self._layout.ns_of_doc_key(item.key): int(item.mod_revision) for item in items}
+        except UnicodeDecodeError:
+            return False
+        if held.keys() != documents.keys():
+            return False
+        return all(want in (-1, held[ns]) for ns, want in documents.items())
 
 
 class RevisionProbe:

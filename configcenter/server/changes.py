@@ -33,6 +33,7 @@ from ..model import Release
 
 MAX_RESUME_ID = 64  # longest valid id is 16 hex + ":" + 19 digits = 36 characters
 MAX_REVISION = 2**63 - 1  # etcd revisions are int64
+RING_EXPIRED = "ring_expired"  # reset reason: the resume point fell out of the ring
 _RESUME_ID = re.compile(r"(?:([0-9a-f]{1,16}):)?([0-9]{1,19})")
 
 
@@ -136,6 +137,7 @@ class ChangeRing:
         self._items: deque[Change] = deque()
         self.capacity = capacity
         self.floor = floor
+        self.floor_reason = RING_EXPIRED  # why a resume point below the floor gets a reset
 
     def extend(self, changes: Iterable[Change]) -> None:
         for change in changes:
@@ -144,6 +146,7 @@ class ChangeRing:
             dropped = self._items.popleft()
             # Keep whole transactions: the floor may only sit between revisions.
             self.floor = dropped.revision
+            self.floor_reason = RING_EXPIRED
             while self._items and self._items[0].revision == dropped.revision:
                 self._items.popleft()
 
@@ -151,6 +154,15 @@ class ChangeRing:
         """Forget everything: only subscribers at or above ``floor`` can be caught up."""
         self._items.clear()
         self.floor = floor
+        self.floor_reason = RING_EXPIRED
+
+    def raise_floor(self, floor: int, reason: str) -> None:
+        """Resume points below ``floor`` can no longer be caught up exactly (``reason``: why, for
+        their reset); changes at or below it are dropped."""
+        while self._items and self._items[0].revision <= floor:
+            self._items.popleft()
+        if floor > self.floor:
+            self.floor, self.floor_reason = floor, reason
 
     def since(self, revision: int) -> list[Change] | None:
         """Changes with revision > ``revision``, or None if the ring no longer covers it."""

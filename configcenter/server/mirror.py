@@ -7,13 +7,25 @@ Resume and ordering contract
   event's ``mod_revision`` or a verified progress notification — never an
   ordinary response header (during catch-up etcd puts the store's current
   revision there while older events are still pending).
-* A (re)watch starts at ``applied_revision + 1``; events at or below it are
-  replays and are dropped (counted as ``deduped``).
+* A (re)watch starts at ``applied_revision`` itself, not + 1; events at or
+  below it are replays and are dropped (counted as ``deduped``).  A watch
+  opened *at* etcd's compaction revision can lose a deletion at that revision
+  (etcd-io/etcd#18089, #19179); opened one below, a compaction at
+  ``applied_revision + 1`` is a compaction error and a re-list instead.
 * All events of one etcd revision (one transaction) are applied and
   published together.
 * If etcd compacted past the resume point, the mirror re-lists at a fresh
-  revision, publishes the difference (updates and deletions) as ordinary
-  changes, and watches on from the list revision + 1.
+  revision L and replays the missed window (applied, L] from ``history/``
+  (``_window``: every release, deletions included, at its true revision) when
+  that gives exactly the list; otherwise it publishes the difference
+  (updates and deletions) and raises the ring's floor to L, so a resume point
+  inside the window gets a reset, never a partial replay.
+* A progress revision that fails verification ``AUDIT_AFTER`` times in a row
+  (and every ``AUDIT_QUIET`` progress responses anyway) makes the mirror
+  compare its whole state with ``docs/`` at its own applied revision; if
+  they differ (a change etcd never delivered) it logs, counts
+  (``configcenter_mirror_drift_total``) and re-lists as above, without the
+  replay (its state below the list is wrong).
 * A record that does not parse (e.g. written by hand with ``etcdctl``) is
   logged, counted and published as an ``invalid`` notice; the namespace keeps
   its last good state and the mirror keeps running.
@@ -49,26 +61,28 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
-import orjson
 from etcd3aio import Etcd3Client, prefix_range_end
 
-from ..model import Release
 from . import etcd as _etcd
 from ._backfill import recent_changes
+from ._mirror_state import COMPACTED, RESYNCED, MirrorState
+from ._mirror_state import Listener as Listener  # re-exported
 from ._mirror_watch import ProgressVerifier, RevisionProbe, WatchSession
-from .changes import Change, ChangeRing
+from ._window import replays_to, window_releases
+from .changes import Change
 from .metrics import Metrics
 from .settings import WatchTuning
 
 log = logging.getLogger("configcenter.mirror")
 
-Listener = Callable[[list[Change]], None]
 CLUSTER_CHANGED = "cluster_changed"
 REVISION_WENT_BACK = "revision_went_back"
+PROGRESS_UNVERIFIED = "progress_unverified"  # progress kept failing verification and the state differs
+AUDIT_AFTER = 2  # failed progress verifications in a row before the whole state is compared
+AUDIT_QUIET = 12  # progress responses (not advancing) between two comparisons of a quiet mirror
 
 
 class Compacted(Exception):
@@ -79,34 +93,28 @@ class Diverged(Exception):
     """etcd looks like another cluster or an older revision than the mirror: re-list to find out."""
 
 
-class Mirror:
+class Drifted(Exception):
+    """The mirror's state differs from etcd's at the mirror's own applied revision: re-list."""
+
+
+class Mirror(MirrorState):
     """See the module docstring for the contract; ``start()``/``stop()`` own the background task."""
 
     def __init__(
         self, client: Etcd3Client, layout: _etcd.KeyLayout, *, ring_size: int = 10_000,
         tuning: WatchTuning | None = None, metrics: Metrics | None = None,
     ) -> None:
+        super().__init__(layout, ring_size, metrics)
         self._client = client
-        self.layout = layout
         self.tuning = tuning or WatchTuning()
-        self.metrics = metrics or Metrics()
-        self.state: dict[str, Release] = {}
-        self.last_change: dict[str, int] = {}  # ns -> revision of its latest change, deletions included
-        self.invalid: dict[str, str] = {}
-        self.applied_revision = 0
-        self.cluster_id = 0  # etcd's cluster id, from the first list (0 until then)
-        self.etcd_revision = 0  # etcd has reached at least this revision (response headers)
         self.abandoned: list[tuple[int, int]] = []  # (low, high]: revisions of a history a restore discarded
-        self.ring = ChangeRing(ring_size)
-        self.listeners: list[Listener] = []
-        self.reset_listeners: list[Callable[[str], None]] = []  # state replaced; argument: the reason
-        self.invalid_listeners: list[Callable[[str, int, str], None]] = []
         self.connected = False
         self.ready = asyncio.Event()
         self._last_contact = time.monotonic()
-        self._advanced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._session: WatchSession | None = None
+        self._unverified = 0  # progress verifications failed in a row
+        self._quiet = 0  # progress responses since the whole state was last compared
         self._probe = RevisionProbe(self._read_revision)
 
     # -- life cycle -------------------------------------------------------
@@ -132,25 +140,6 @@ class Mirror:
     def stale_seconds(self) -> float:
         """0 while connected; otherwise seconds since etcd last answered."""
         return 0.0 if self.connected else time.monotonic() - self._last_contact
-
-    def snapshot(self, match: Callable[[str], bool] | None = None) -> tuple[int, dict[str, Release]]:
-        """A consistent (revision, {ns: release}) view; no await inside, so nothing moves under it."""
-        docs = {ns: r for ns, r in self.state.items() if match is None or match(ns)}
-        return self.applied_revision, docs
-
-    async def wait_for(self, revision: int, timeout: float) -> bool:
-        """Wait until ``applied_revision >= revision``; False on timeout (no error)."""
-        deadline = time.monotonic() + timeout
-        while self.applied_revision < revision:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            event = self._advanced
-            try:
-                await asyncio.wait_for(event.wait(), remaining)
-            except TimeoutError:
-                return False
-        return True
 
     async def etcd_revision_for(self, revision: int, timeout: float) -> int | None:
         """etcd's current revision, when ``revision`` needs checking against it; None if unknown.
@@ -196,7 +185,9 @@ class Mirror:
                 attempt = 0
                 await self._watch()
             except Compacted:
-                need_list = "compacted"
+                need_list = COMPACTED
+            except Drifted:
+                need_list = PROGRESS_UNVERIFIED
             except Diverged as exc:
                 need_list = str(exc)
             except asyncio.CancelledError:
@@ -244,10 +235,30 @@ class Mirror:
                                                   self.tuning.etcd_timeout, cluster)
             self._load(listed, (revision, cluster), changes, floor, replaced)
             return
+        await self._resync(kv, listed, revision, why)
+
+    async def _resync(self, kv: Any, listed: dict[str, Any], revision: int, why: str) -> None:
+        """Continue from a list at ``revision`` (not below the applied one) after a gap (``why``).
+
+        The missed window is replayed from history when that is exact (``_window``); otherwise the
+        difference is published and the ring's floor rises to ``revision``: a resume point inside
+        the window gets a reset, never a partial replay.  After ``PROGRESS_UNVERIFIED`` the state
+        below the list is wrong, so there is no window to replay onto: always the difference.
+        """
+        low = self.applied_revision
         self.etcd_revision = max(self.etcd_revision, revision)
-        log.warning("resyncing (%s): resume point %d; re-listed at %d", why, self.applied_revision, revision)
+        log.warning("resyncing (%s): resume point %d; re-listed at %d", why, low, revision)
         self.metrics.inc("configcenter_mirror_resyncs_total")
-        self._publish(self._diff_against(listed, revision), revision)
+        window = None
+        if why != PROGRESS_UNVERIFIED and revision > low:
+            window = await window_releases(kv, self.layout, low, revision, limit=self.ring.capacity,
+                                           timeout=self.tuning.etcd_timeout)
+        listed_revisions = {ns: int(item.mod_revision) for ns, item in listed.items()}
+        if window is not None and replays_to(self._document_revisions(), window, listed_revisions):
+            log.info("replayed the missed window (%d, %d] from history: %d changes", low, revision, len(window))
+            self._publish([self._replayed(release) for release in window], revision)
+            return
+        self._publish_difference(listed, revision, COMPACTED if why == COMPACTED else RESYNCED)
 
     def _divergence(self, cluster: int, revision: int) -> str | None:
         """Why a list at ``revision`` of ``cluster`` cannot continue the mirror's history, if it cannot."""
@@ -291,20 +302,11 @@ class Mirror:
             for notify in self.reset_listeners:
                 notify(replaced)
 
-    def _diff_against(self, listed: dict[str, Any], revision: int) -> list[Change]:
-        changes: list[Change] = []
-        for ns, item in listed.items():
-            if self.last_change.get(ns) != item.mod_revision:
-                changes.extend(self._put_change(ns, item.mod_revision, item.value))
-        for ns in [ns for ns in self.state if ns not in listed]:
-            changes.append(self._delete_change(ns, revision))
-        changes.sort(key=lambda c: c.revision)
-        return changes
-
     async def _watch(self) -> None:
         verifier = ProgressVerifier(self._client, self.layout, self.tuning.etcd_timeout)
+        # from the applied revision itself (its events are dropped as replays): see the module docstring
         session = WatchSession(
-            _etcd.watch_stub(self._client), self.layout.docs_prefix, self.applied_revision + 1,
+            _etcd.watch_stub(self._client), self.layout.docs_prefix, max(1, self.applied_revision),
             self.tuning.progress_interval,
         )
         self._session = session
@@ -315,14 +317,14 @@ class Mirror:
             async with contextlib.aclosing(session.responses()) as responses:
                 async for resp in responses:
                     self._contact()
-                    self._check_header(resp.header)
-                    if resp.compact_revision:
+                    if resp.compact_revision:  # before the header: etcd sends it with revision 0
                         raise Compacted(resp.compact_revision)
                     if resp.canceled:
                         raise grpc.RpcError(f"watch canceled by etcd: {resp.cancel_reason}")
+                    self._check_header(resp.header)
                     if resp.events:
                         self._apply_events(resp.events)
-                    elif not resp.created and resp.header.revision > self.applied_revision:
+                    elif not resp.created:
                         await self._on_progress(verifier, int(resp.header.revision))
         finally:
             self._session = None
@@ -337,75 +339,25 @@ class Mirror:
         self.etcd_revision = max(self.etcd_revision, revision)
 
     async def _on_progress(self, verifier: ProgressVerifier, revision: int) -> None:
-        present = self.state.keys() | self.invalid.keys()
-        if await verifier.confirms(revision, present, self.applied_revision):
-            if revision > self.applied_revision:  # events may have arrived while verifying
-                self._advance(revision)
-        else:
+        """Advance to a verified progress revision.  Compare the whole state with etcd at the applied
+        revision after ``AUDIT_AFTER`` failed verifications in a row, or every ``AUDIT_QUIET`` progress
+        responses (a change lost before later ones were applied leaves nothing to verify);
+        ``Drifted`` if they differ."""
+        self._quiet += 1
+        if revision > self.applied_revision:
+            present = self.state.keys() | self.invalid.keys()
+            if await verifier.confirms(revision, present, self.applied_revision):
+                self._unverified = 0
+                if revision > self.applied_revision:  # events may have arrived while verifying
+                    self._advance(revision)
+                return
             self.metrics.inc("configcenter_progress_unverified_total")
-
-    def _apply_events(self, events: Iterable[Any]) -> None:
-        """Group events by revision (one transaction each) and publish each group whole."""
-        batch: list[Change] = []
-        current = 0
-        for event in events:
-            revision = int(event.kv.mod_revision)
-            if revision <= self.applied_revision:
-                self.metrics.inc("configcenter_mirror_deduped_total")
-                continue
-            if batch and revision != current:
-                self._publish(batch, current)
-                batch = []
-            current = revision
-            ns = self.layout.ns_of_doc_key(event.kv.key)
-            if event.type == _etcd.EVENT_DELETE:
-                batch.append(self._delete_change(ns, revision))
-            else:
-                batch.extend(self._put_change(ns, revision, event.kv.value))
-        if current:
-            self._publish(batch, current)
-
-    def _put_change(self, ns: str, revision: int, value: bytes) -> list[Change]:
-        release = self._parse(ns, revision, value)
-        if release is None:  # subscribers never saw it, so it is not a "previous change" either
-            return []
-        prev = self.last_change.get(ns, 0)
-        self.last_change[ns] = revision
-        self.state[ns] = release
-        self.invalid.pop(ns, None)
-        return [Change(release, prev, self.cluster_id)]
-
-    def _delete_change(self, ns: str, revision: int) -> Change:
-        old = self.state.pop(ns, None)
-        prev = self.last_change.get(ns, 0)
-        self.last_change[ns] = revision
-        self.invalid.pop(ns, None)
-        kind = old.kind if old else "config"
-        version = old.version + 1 if old else 0
-        return Change(Release(ns, revision, version, "delete", kind, None, time=time.time()), prev, self.cluster_id)
-
-    def _parse(self, ns: str, revision: int, value: bytes) -> Release | None:
-        try:
-            return Release.from_record(ns, revision, orjson.loads(value))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            error = f"record of {ns!r} at revision {revision} is not a configcenter record: {exc}"
-            log.error("%s; keeping the last good state", error)
-            self.invalid[ns] = error
-            self.metrics.inc("configcenter_invalid_records_total")
-            for notify in self.invalid_listeners:
-                notify(ns, revision, error)
-            return None
-
-    def _publish(self, changes: list[Change], revision: int) -> None:
-        self.ring.extend(changes)
-        self._advance(revision)
-        if changes:
-            for listener in self.listeners:
-                listener(changes)
-
-    def _advance(self, revision: int) -> None:
-        self.applied_revision = max(self.applied_revision, revision)
-        self.etcd_revision = max(self.etcd_revision, self.applied_revision)
-        self.metrics.set("configcenter_applied_revision", self.applied_revision)
-        event, self._advanced = self._advanced, asyncio.Event()
-        event.set()
+            self._unverified += 1
+        if self._unverified < AUDIT_AFTER and self._quiet < AUDIT_QUIET:
+            return
+        self._unverified = self._quiet = 0
+        if await verifier.agrees(self.applied_revision, self._document_revisions()) is False:
+            log.warning("the mirror's state differs from etcd's at its applied revision %d (a change etcd "
+                        "never delivered); re-listing", self.applied_revision)
+            self.metrics.inc("configcenter_mirror_drift_total")
+            raise Drifted(self.applied_revision)

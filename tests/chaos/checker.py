@@ -82,7 +82,9 @@ class Truth:
     entries: list[Entry]
     final: dict[str, tuple[int, str | None]]
     final_rev: int
-    relist_windows: list[tuple[int, int]] = field(default_factory=list)
+    # (replica url, low, high]: a replica re-listed over revisions (low, high] and could not replay them
+    # exactly; only streams *from that replica* may skip releases there or get deletions without a release
+    relist_windows: list[tuple[str, int, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.entries = sorted(self.entries, key=lambda e: (e.rev, e.ns))
@@ -120,8 +122,9 @@ class Truth:
                     state[ns] = (e.rev, e.m)
         return state
 
-    def in_relist_window(self, revision: int) -> bool:
-        return any(lo < revision <= hi for lo, hi in self.relist_windows)
+    def in_relist_window(self, revision: int, url: str | None) -> bool:
+        """Whether the replica at ``url`` re-listed over ``revision`` (another replica's window excuses nothing)."""
+        return any(u == url and lo < revision <= hi for u, lo, hi in self.relist_windows)
 
     def final_for(self, match: Match) -> dict[str, tuple[int, str | None]]:
         return {ns: v for ns, v in self.final.items() if match(ns)}
@@ -266,7 +269,7 @@ class StreamCheck:
         if op == "delete":
             if entry is not None and entry.op == "delete":
                 return
-            if entry is None and self.truth.in_relist_window(rev) and ns not in self.truth.state_at(
+            if entry is None and self.truth.in_relist_window(rev, self.url) and ns not in self.truth.state_at(
                     lambda n: n == ns, rev):
                 self.stats["relist_deletions"] += 1
                 return
@@ -335,7 +338,7 @@ class StreamCheck:
                 self.stats["delivered"] += 1
             elif superseded:
                 self.stats["superseded_by_reset"] += 1
-            elif self.truth.in_relist_window(e.rev):
+            elif self.truth.in_relist_window(e.rev, self.url):
                 self.stats["superseded_by_relist"] += 1
             else:
                 # the consumer got part of this revision's transaction, then resumed from its id

@@ -37,17 +37,21 @@ from chaos.epochs import Epoch, EpochCheck, epoch_at
 from chaos.sse_records import marker, revision_of_id
 from chaos.streams import RawSubscriber, StalledSubscriber
 from chaos.topology import Replica, SdkDriver, Topology
-from chaos.writer import Writer
+from chaos.writer import CONFIG_NS, Writer
 
 FAULT_KINDS = (
     "etcd_kill", "etcd_kill_leader", "etcd_pause", "replica_pause", "replica_kill",
     "compact_paused", "stall_reader", "sdk_corrupt_restart", "sdk_kill", "etcd_restore",
+    "replica_cut", "compact_cut",
 )
+# where ``compact_cut`` compacts while one replica is cut off from etcd
+COMPACT_AT = ("delete_at_applied+1", "applied+1", "resume_point")
 # Bugs the suite found, each pinned by an xfail(strict) regression test: their violations are
 # tagged ``known_bug`` and do not fail a run.  Remove an entry together with the test's xfail marker.
 KNOWN_BUGS: dict[str, str] = {}  # none open: every bug found so far is fixed (docs/fault-suite.md)
 APPLIED = "configcenter_applied_revision"
 RESYNCS = "configcenter_mirror_resyncs_total"
+TRUNCATED = "configcenter_mirror_ring_truncated_total"
 DIVERGED = "configcenter_mirror_diverged_total"
 OVERFLOWS = "configcenter_subscriber_overflows_total"
 BLOB_PAD = 60_000
@@ -72,7 +76,7 @@ class ChaosRun:
         self.subs: list[RawSubscriber] = []
         self.fault_log: list[dict[str, Any]] = []
         self.violations: list[dict[str, Any]] = []
-        self.relist_windows: list[tuple[int, int]] = []
+        self.relist_windows: list[tuple[str, int, int]] = []  # (replica url, low, high]
         self.corrupted: dict[tuple[str, int], set[str]] = {}
         self.extra_stats: Counter[str] = Counter()
         # etcd histories that restores ended (the current one is read at the end), and where each
@@ -81,6 +85,7 @@ class ChaosRun:
         self.write_marks: list[int] = []
         self.current_epoch = (0.0, 0)  # (began, backup revision) of etcd's current history
         self.probes: list[StalledSubscriber] = []  # resumes from a discarded history (``etcd_restore``)
+        self.window_probes: list[StalledSubscriber] = []  # resumes into a re-listed window (``compact_cut``)
         self.started = time.monotonic()
 
     def say(self, message: str) -> None:
@@ -128,6 +133,8 @@ class ChaosRun:
                     await sub.stop()
                 if self.writer is not None:
                     await self.writer.close()
+                for relay in self.topo.relays:
+                    await relay.close()
                 await asyncio.to_thread(self.topo.close)
 
     def schedule(self) -> list[str]:
@@ -143,7 +150,7 @@ class ChaosRun:
             "replica_pause": self.replica_pause, "replica_kill": self.replica_kill,
             "compact_paused": self.compact_paused, "stall_reader": self.stall_reader,
             "sdk_corrupt_restart": self.sdk_corrupt_restart, "sdk_kill": self.sdk_kill,
-            "etcd_restore": self.etcd_restore,
+            "etcd_restore": self.etcd_restore, "replica_cut": self.replica_cut, "compact_cut": self.compact_cut,
         }
         return await faults[kind](http)
 
@@ -216,15 +223,130 @@ class ChaosRun:
             replica.resume()
         target = await self.writer.current_revision()
         await self._wait(lambda: self._applied_at_least(http, replica, target), 30, "paused replica catches up")
+        return {"replica": replica.name, "compacted_at": compacted, "resyncs": await self._resyncs(http, before)}
+
+    async def _resyncs(self, http: aiohttp.ClientSession, before: dict[str, dict[str, float]]) -> dict[str, int]:
+        """Re-lists per replica since ``before`` (their metrics); a replica that could not replay its missed
+        window exactly (or whose metrics are gone) gets a re-list window: (its url, applied before, now]."""
+        assert self.writer is not None
         after = {r.name: await r.metrics(http) for r in self.topo.replicas}
         high = await self.writer.current_revision()
         resyncs = {}
         for r in self.topo.replicas:
             resyncs[r.name] = int(after[r.name].get(RESYNCS, 0) - before[r.name].get(RESYNCS, 0))
-            if resyncs[r.name] > 0 or after[r.name].get(RESYNCS) is None:
-                self.relist_windows.append((int(before[r.name][APPLIED]), high))
+            if after[r.name].get(TRUNCATED, 0) > before[r.name].get(TRUNCATED, 0) or after[r.name].get(RESYNCS) is None:
+                self.relist_windows.append((r.url, int(before[r.name][APPLIED]), high))
+                self.extra_stats["truncated_windows"] += 1
         self.extra_stats["resyncs"] += sum(resyncs.values())
-        return {"replica": replica.name, "compacted_at": compacted, "resyncs": resyncs}
+        return resyncs
+
+    async def replica_cut(self, http: aiohttp.ClientSession) -> dict[str, Any]:
+        """Cut one replica's etcd connection (its relay) while the writer goes on; the raw subscribers
+        fail over meanwhile, some onto the cut replica, which serves its last view as stale."""
+        assert self.writer is not None
+        replica = self.rng.choice(self.topo.replicas)
+        relay = self.topo.relay_of(replica)
+        relay.cut()
+        try:
+            for sub in self.subs:
+                sub.hop()
+            await asyncio.sleep(self.rng.uniform(0.5, 3.0))
+        finally:
+            relay.restore()
+        target = await self.writer.current_revision()
+        caught_up = await self._wait(lambda: self._applied_at_least(http, replica, target), 30, "replica catches up")
+        return {"replica": replica.name, "caught_up": caught_up}
+
+    async def compact_cut(self, http: aiohttp.ClientSession) -> dict[str, Any]:
+        """Cut one replica off etcd and compact at a chosen revision (``COMPACT_AT``): at a delete at its
+        applied + 1 (etcd's watch drops a delete at the revision it is opened at, etcd-io/etcd#18089),
+        at its applied + 1, or at a subscriber's resume point; subscribers fail over meanwhile.  Once the
+        replica is back, a probe resumes on it from just below the compaction (inside its missed window)."""
+        assert self.writer is not None
+        replica = self.rng.choice(self.topo.replicas)
+        where = self.rng.choice(COMPACT_AT)
+        before = {r.name: await r.metrics(http) for r in self.topo.replicas}
+        if any(APPLIED not in m for m in before.values()):
+            return {"skipped": "a replica did not answer /metrics"}
+        relay = self.topo.relay_of(replica)
+        try:
+            at, probe_id = await self._cut_and_compact(http, replica, where)
+        finally:
+            relay.restore()
+            self.writer.resume()
+        target = await self.writer.current_revision()
+        await self._wait(lambda: self._applied_at_least(http, replica, target), 30, "cut replica catches up")
+        probe = await self._probe(replica, probe_id) if probe_id else "no probe"
+        return {"replica": replica.name, "where": where, "compacted_at": at, "probe": probe,
+                "resyncs": await self._resyncs(http, before)}
+
+    async def _cut_and_compact(self, http: aiohttp.ClientSession, replica: Replica, where: str,
+                               ) -> tuple[int | None, str | None]:
+        """Cut ``replica``'s relay, compact at ``where``: (the compaction revision, a resume id below it)."""
+        assert self.writer is not None
+        if where == "delete_at_applied+1":  # quiet and caught up, so the delete lands at its applied + 1
+            await self.writer.stop()
+            now = await self.writer.current_revision()
+            await self._wait(lambda: self._applied_at_least(http, replica, now), 10, "replica caught up")
+        self.topo.relay_of(replica).cut()
+        for sub in self.subs:
+            sub.hop()
+        applied = int((await replica.metrics(http)).get(APPLIED, 0))
+        cluster = f"{(await self.writer.kv.get(b'x', count_only=True, timeout=5.0)).header.cluster_id:x}"
+        if where == "delete_at_applied+1":
+            deleted = await self._delete_some_namespace()
+            self.writer.resume()
+            at = deleted
+        elif where == "applied+1":
+            await self._wait(self._past_applied(applied + 1), 10, "a write after the cut")
+            at = applied + 1
+        else:
+            at = revision_of_id(self.rng.choice(self.subs).last_id)
+        await asyncio.sleep(self.rng.uniform(0.2, 1.0))  # later writes
+        if not at:
+            return None, None
+        try:
+            await self.writer.kv.compact(at, physical=True, timeout=10.0)
+        except Exception as exc:  # compacted beyond it already, or a future revision: still a cut
+            self.extra_stats["compactions_refused"] += 1
+            self.say(f"compaction at {at} refused: {exc}")
+            return None, None
+        await asyncio.sleep(self.rng.uniform(0.2, 0.8))
+        return at, f"{cluster}:{at - 1}"
+
+    def _past_applied(self, revision: int) -> Callable[[], Awaitable[bool]]:
+        async def past() -> bool:
+            return await self._past(revision)
+        return past
+
+    async def _delete_some_namespace(self) -> int | None:
+        """Delete a namespace that holds a document (through the API): its revision, or None."""
+        assert self.writer is not None
+        for ns in self.rng.sample(CONFIG_NS, len(CONFIG_NS)):
+            rec = await self.writer.delete(ns)
+            if rec.get("outcome") == "ack":
+                return int(rec["rev"])
+        return None
+
+    async def _probe(self, replica: Replica, resume_id: str) -> str:
+        """Resume on ``replica`` from ``resume_id`` (below a compaction it re-listed over): a consumer checked
+        like any other (``window-probe-N``); it must get exactly the rest, or a reset."""
+        probe = StalledSubscriber(f"window-probe-{len(self.window_probes)}", replica.url, ["app/", "other/"])
+        self.window_probes.append(probe)
+        target = await self._current_or_zero()
+        try:
+            await probe.open(resume=resume_id)
+            done = await probe.read_until(lambda rec: (rec.get("pos") or 0) >= target, 10)
+        finally:
+            await probe.close()
+        return f"resumed from {resume_id}: {'caught up' if done else 'NOT caught up'}"
+
+    async def _current_or_zero(self) -> int:
+        assert self.writer is not None
+        try:
+            return await self.writer.current_revision()
+        except Exception:
+            return 0
 
     async def etcd_restore(self, http: aiohttp.ClientSession) -> dict[str, Any]:
         """Back up etcd, let the writer go on, then lose every member's data and restore the backup:
@@ -238,6 +360,11 @@ class ChaosRun:
         await asyncio.sleep(self.rng.uniform(0.5, 2.0))  # acknowledged writes the restore will lose
         await self.writer.stop()
         await asyncio.sleep(0.5)  # the subscribers receive the last writes
+        # every replica sees the whole history about to be discarded: the resume probe below relies on
+        # it (a replica that never saw a revision cannot know a restore discarded it, architecture.md)
+        last = await self.writer.current_revision()
+        for replica in self.topo.replicas:
+            await self._wait(lambda r=replica: self._applied_at_least(http, r, last), 10, "replica caught up")
         stale_id = self.subs[0].last_id  # a resume id in the history about to be discarded
         # a service down across the restore, started again once etcd's new history has passed the
         # resume point it persisted: its first resume must get a reset too
@@ -482,7 +609,7 @@ class ChaosRun:
         v = self.violations
         truth = epochs[-1].truth
         _dump(self.workdir / "writes.jsonl", self.writer.records)
-        for sub in self.subs:
+        for sub in [*self.subs, *self.probes, *self.window_probes]:
             _dump(self.workdir / f"{sub.name}.jsonl", sub.records)
         writes: Counter[str] = Counter()
         bounds = [0, *self.write_marks, len(self.writer.records)]
@@ -493,8 +620,11 @@ class ChaosRun:
                 writes["acknowledged_then_lost_to_restore"] += _lost_to_restore(
                     self.writer.records[bounds[i]:bounds[i + 1]], epochs[i + 1].backup_revision)
         consumers: dict[str, dict[str, Any]] = {}
-        for sub in [*self.subs, *self.probes]:
-            check = EpochCheck(sub.name, selector_matcher(sub.selectors), epochs, v)
+        for sub in [*self.subs, *self.probes, *self.window_probes]:
+            # a window probe lives in the etcd history it was opened in; a restore's probe starts in the
+            # discarded one and must follow the restore at its reset
+            started = sub.records[0]["t"] if sub in self.window_probes and sub.records else 0.0
+            check = EpochCheck(sub.name, selector_matcher(sub.selectors), epochs, v, started=started)
             for rec in sub.records:
                 check.feed(rec)
             check.finish(final=sub in self.subs)

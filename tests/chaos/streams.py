@@ -36,6 +36,12 @@ class RawSubscriber:
         self.pos = 0
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._resp: aiohttp.ClientResponse | None = None
+
+    def hop(self) -> None:
+        """Drop the current stream: the subscriber fails over to the next replica and resumes there."""
+        if self._resp is not None:
+            self._resp.close()
 
     def start(self, http: aiohttp.ClientSession) -> None:
         self._task = asyncio.create_task(self._run(http), name=f"chaos-sub-{self.name}")
@@ -67,6 +73,7 @@ class RawSubscriber:
         # sock_read also bounds the wait for response headers (a SIGSTOPped replica accepts, never answers)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=1.0, sock_read=self.idle)
         async with http.get(f"{url}/v1/watch", params=params, headers=headers, timeout=timeout) as resp:
+            self._resp = resp
             if resp.status != 200:
                 raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status,
                                                   message=(await resp.text())[:160])

@@ -12,6 +12,7 @@ See ``docs/fault-suite.md``.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ APP = selector_matcher(["app/"])
 # -- hand-made streams ------------------------------------------------------------
 
 
-def truth(*entries: tuple[str, int, str, str | None], windows: list[tuple[int, int]] | None = None) -> Truth:
+def truth(*entries: tuple[str, int, str, str | None], windows: list[tuple[str, int, int]] | None = None) -> Truth:
     """Entries (ns, rev, op, marker); the final state and revision follow from them."""
     items = [Entry(*e) for e in entries]
     final: dict[str, tuple[int, str | None]] = {}
@@ -137,11 +138,57 @@ def test_a_stream_must_start_with_a_reset_and_end_caught_up_and_equal() -> None:
 
 def test_a_relist_window_excuses_collapsed_releases_and_its_deletions() -> None:
     t = truth(("app/a", 10, "put", "a1"), ("app/a", 11, "put", "a2"), ("app/b", 12, "put", "b1"),
-              ("app/b", 13, "delete", None), ("app/a", 14, "put", "a3"), windows=[(10, 20)])
+              ("app/b", 13, "delete", None), ("app/a", 14, "put", "a3"), windows=[("u", 10, 20)])
     collapsed = [CONN, reset(10, app_a=(10, "a1")), change("app/a", 14, 10, "a3"), progress(20)]
     assert check(collapsed, t) == []
     without_window = Truth(t.entries, t.final, t.final_rev, [])
     assert kinds(check(collapsed, without_window)).count("lost") == 3
+    # a window of another replica excuses nothing on this stream (it came from replica "u")
+    other_replica = Truth(t.entries, t.final, t.final_rev, [("other", 10, 20)])
+    assert kinds(check(collapsed, other_replica)).count("lost") == 3
+
+
+def _stream_kind_examples() -> dict[str, list[dict[str, Any]]]:
+    """One hand-made stream per kind of stream violation that must produce it (checked against ``T``)."""
+    a10, b11, a12, b12 = GOOD[2:6]
+    return {
+        "duplicate": [CONN, reset(9), a10, a10, *GOOD[3:]],
+        "reordered": [CONN, reset(9), b11, a10, *GOOD[4:]],
+        "namespace_revision_not_increasing": [CONN, reset(9), a10, b11, a12, change("app/a", 11, 12, "a1")],
+        "wrong_content": [CONN, reset(9), change("app/a", 10, 0, "zz"), *GOOD[3:]],
+        "phantom_delete": [CONN, reset(9), a10, change("app/b", 11, 0, op="delete"), *GOOD[4:]],
+        "prev_revision_chain_broken": [CONN, reset(9), a10, b11, change("app/a", 12, 11, "a2"), *GOOD[5:]],
+        "id_revision_mismatch": [CONN, reset(9), {**a10, "pos": 11}, *GOOD[3:]],
+        "transaction_without_id": [CONN, reset(9), a10, b11, {**a12, "id": None, "pos": None}, progress(14)],
+        "unsubscribed_namespace": [*GOOD, change("other/x", 13, 0, "x1")],
+        "unsubscribed_namespace_in_reset": [CONN, reset(13, app_a=(12, "a2"), app_b=(12, "b2"),
+                                                          other_x=(13, "x1")), *GOOD[6:]],
+        "reset_is_not_etcd_state_at_its_revision": [CONN, reset(10), *GOOD[3:]],
+        "reset_id_went_back": [*GOOD, reset(12, app_a=(12, "a2"), app_b=(12, "b2"))],
+        "progress_id_went_back": [*GOOD, progress(12)],
+        "backwards_reset_without_restore": [CONN, {**reset(9), "reason": "revision_went_back"}, *GOOD[2:]],
+        "first_frame_not_reset": [CONN, *GOOD[2:]],
+        "lost": [CONN, reset(9), a10, a12, b12, *GOOD[6:]],
+        "not_caught_up": GOOD[:-2],
+        "final_state_differs": GOOD[:-2],
+        "malformed_change": [*GOOD, {"k": "change", "url": "u", "ns": None, "rev": None}],
+        "malformed_reset": [*GOOD, {"k": "reset", "url": "u", "pos": None}],
+        "malformed_progress": [*GOOD, {"k": "progress", "url": "u", "pos": None}],
+        "invalid_frame": [*GOOD, {"k": "invalid", "url": "u", "ns": "app/a"}],
+        "malformed_frame": [*GOOD, {"k": "malformed", "url": "u"}],
+    }
+
+
+def test_every_kind_of_stream_violation_fires() -> None:
+    """A checker kind that can never fire excuses everything: each one the stream checker can report
+    (read from its source) has a stream above that produces it."""
+    source = Path(__file__).with_name("checker.py").read_text()
+    stream_part = source[source.index("class StreamCheck"):source.index("def _diff(")]
+    reported = set(re.findall(r'violation\("([a-z_]+)"', stream_part)) | {"invalid_frame", "malformed_frame"}
+    examples = _stream_kind_examples()
+    assert reported <= set(examples), f"no self-test for {sorted(reported - set(examples))}"
+    for kind, records in examples.items():
+        assert kind in kinds(check(records)), (kind, kinds(check(records)))
 
 
 def test_a_consumer_resuming_from_a_persisted_point_claims_etcds_state_there() -> None:

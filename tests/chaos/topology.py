@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 from etcd3aio import Etcd3Client
 
+from chaos.relay import Relay
 from chaos.sse_records import read_jsonl
 from configcenter.cli.embedded_etcd import ETCD_BIN_ENV, EtcdCluster, EtcdMember, find_etcd_binary, free_port
 
@@ -159,9 +160,11 @@ class Replica(Process):
         return [sys.executable, "-m", "configcenter", "serve", "--config", str(self.config_path)]
 
     async def readyz(self, http: aiohttp.ClientSession) -> dict[str, Any] | None:
-        """``/readyz`` body when it answers 200 (ready and connected to etcd), else None."""
+        """``/readyz`` body when it answers 200 (ready and connected to etcd), else None (with the token:
+        an anonymous caller gets no revision)."""
         try:
-            async with http.get(f"{self.url}/readyz", timeout=aiohttp.ClientTimeout(total=1)) as resp:
+            async with http.get(f"{self.url}/readyz", timeout=aiohttp.ClientTimeout(total=1),
+                                headers={"Authorization": f"Bearer {WRITER_TOKEN}"}) as resp:
                 body: dict[str, Any] = await resp.json()
                 return body if resp.status == 200 else None
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
@@ -360,8 +363,10 @@ class Topology:
         self.etcd = EtcdNodes(cluster)
         version = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=False, timeout=10)
         self.etcd_version = (version.stdout.splitlines() or ["etcd ?"])[0]
+        # each replica reaches etcd through a relay of its own: a fault can cut one replica off alone
+        self.relays = [Relay(self.etcd.endpoints, [free_port() for _ in self.etcd.endpoints]) for _ in queues]
         self.replicas = [
-            Replica(f"replica-{chr(ord('a') + i)}", workdir, self.etcd.endpoints, prefix, subscriber_queue=q,
+            Replica(f"replica-{chr(ord('a') + i)}", workdir, self.relays[i].endpoints, prefix, subscriber_queue=q,
                     history_ring=history_ring, progress_interval=progress_interval, code_dir=code_dir)
             for i, q in enumerate(queues)
         ]
@@ -378,8 +383,13 @@ class Topology:
     def urls(self) -> list[str]:
         return [r.url for r in self.replicas]
 
+    def relay_of(self, replica: Replica) -> Relay:
+        return self.relays[self.replicas.index(replica)]
+
     async def start(self, http: aiohttp.ClientSession, timeout: float = 60.0) -> None:
         await asyncio.to_thread(self.etcd.cluster.start, timeout)
+        for relay in self.relays:
+            await relay.start()
         for replica in self.replicas:
             replica.start()
         await self.wait_replicas_ready(http, timeout)
@@ -423,6 +433,9 @@ class Topology:
         for proc in [*self.drivers, *self.replicas]:
             with contextlib.suppress(Exception):
                 proc.stop(timeout=5)
+        for relay in self.relays:
+            with contextlib.suppress(Exception):
+                relay.shutdown()
         with contextlib.suppress(Exception):
             self.etcd.close()
         atexit.unregister(self.close)

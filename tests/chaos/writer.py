@@ -69,7 +69,9 @@ class Writer:
         self.resume()
 
     def resume(self) -> None:
-        """Start writing again after ``stop``."""
+        """Start writing again after ``stop`` (nothing if it is writing)."""
+        if self._tasks and not self._stop.is_set():
+            return
         self._stop.clear()
         self._tasks = [asyncio.create_task(self._loop(), name=f"chaos-writer-{i}") for i in range(self.concurrency)]
 
