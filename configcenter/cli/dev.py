@@ -1,7 +1,9 @@
 """Running a server from the command line: ``configcenter serve`` and ``configcenter dev``.
 
-``serve`` loads the settings (a bad file exits 2 with one line) and runs the
-app until SIGINT/SIGTERM, logging to stderr.
+``serve`` loads the settings (a bad file exits 2 with one line; so do etcd credentials over
+plaintext gRPC without ``etcd.allow_plaintext_credentials``) and runs the app until SIGINT/SIGTERM,
+logging to stderr; it warns at start about anonymous reads and bearer tokens in plain HTTP on a
+non-loopback address (``settings.exposure_warnings``, shown by ``/readyz`` too).
 
 ``configcenter dev``: an embedded etcd, a server in front of it, the examples loaded, a token printed.
 
@@ -32,7 +34,7 @@ from ..errors import ConfigCenterError
 from ..server.app import serve
 from ..server.auth import Principal
 from ..server.runtime import Runtime, wait_ready
-from ..server.settings import Settings, load_settings, parse_listen
+from ..server.settings import Settings, exposure_warnings, load_settings, parse_listen
 from ..server.tls import etcd_tls_material, server_ssl_context
 from ..server.workers import WorkersFailed, run_workers
 from .client import EXIT_OK, EXIT_USAGE, Client, CliError, current_release
@@ -113,6 +115,8 @@ def run_serve(config: str | None, *, listen: str | None, etcd: str | None, prefi
         serve_log.warning("no writer token configured (auth.tokens): every write will be refused")
     elif not any(p.has_role("admin") for p in settings.tokens):
         serve_log.warning("no admin token configured (auth.tokens): every delete will be refused")
+    for warning in exposure_warnings(settings):  # also in /readyz's "warnings"
+        serve_log.warning("%s", warning)
     try:
         if settings.workers > 1:
             return run_workers(settings)

@@ -396,9 +396,10 @@ def run(argv: list[str] | None = None) -> int:
         if hasattr(args, "local"):
             return int(args.local(args))
         resolve_globals(args)
-        return asyncio.run(run_remote(args))
+        with out.escaped_output():  # what a server sent never reaches the terminal raw (output.py)
+            return asyncio.run(run_remote(args))
     except CliError as err:
-        print(f"error: {err.message}", file=sys.stderr, flush=True)
+        print(f"error: {out.printable(err.message)}", file=sys.stderr, flush=True)
         return err.code
     except KeyboardInterrupt:
         return 130

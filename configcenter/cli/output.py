@@ -2,24 +2,74 @@
 
 Every function returns text (no printing here), so the commands stay easy to
 test and the output format lives in one place.
+
+Control characters
+------------------
+Whatever came from a server (release messages, authors, principals, documents, error messages) may
+hold terminal control characters: ``ESC [2J`` clears the screen, ``\r`` overwrites a line, others
+retitle the window or, on some terminals, write to the clipboard. None reaches the terminal:
+:func:`printable` replaces every C0 control but tab and newline, DEL and every C1 control by a visible
+escape (``\r``, ``\b``, ``\f`` or ``\u001b``; valid inside JSON and YAML double-quoted strings, so
+``--json`` and ``-o`` output stays parseable), table cells and change lines escape before they fold
+whitespace, and ``main.run`` sends every remote command's stdout and stderr through
+:class:`EscapingStream`, so no printing path can skip it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Mapping, Sequence
-from typing import Any
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TextIO
 
 import orjson
 
 from ..codec import dump_yaml
 
 MAX_CELL = 60
+_SHORT = {0x08: "\\b", 0x0C: "\\f", 0x0D: "\\r"}
+_ESCAPES = {code: _SHORT.get(code, f"\\u{code:04x}")
+            for code in (*range(0x00, 0x20), *range(0x7F, 0xA0)) if code not in (0x09, 0x0A)}
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character but tab and newline replaced by a visible escape."""
+    return text.translate(_ESCAPES)
+
+
+class EscapingStream:
+    """A text stream writing :func:`printable` text to another (see the module docstring)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(printable(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def escaped_output() -> Iterator[None]:
+    """``sys.stdout`` and ``sys.stderr`` through :class:`EscapingStream` until the block ends."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = EscapingStream(saved[0]), EscapingStream(saved[1])
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 def to_json(data: Any, *, pretty: bool = True) -> str:
-    """One JSON document (indented by default), as the server sent it."""
-    return orjson.dumps(data, option=orjson.OPT_INDENT_2 if pretty else 0).decode()
+    """One JSON document (indented by default), as the server sent it; DEL and C1 controls, which orjson
+    leaves raw, as ``\\u`` escapes (the same string to a JSON reader)."""
+    return printable(orjson.dumps(data, option=orjson.OPT_INDENT_2 if pretty else 0).decode())
 
 
 def iso_time(epoch: float | int | None) -> str:
@@ -31,9 +81,10 @@ def iso_time(epoch: float | int | None) -> str:
 
 
 def cell(value: Any) -> str:
-    """One table cell: single line, shortened with an ellipsis when long, ``-`` when empty."""
+    """One table cell: control characters escaped, then single line, shortened with an ellipsis when long,
+    ``-`` when empty."""
     text = "-" if value is None or value == "" else str(value)
-    text = " ".join(text.split())
+    text = " ".join(printable(text).split())
     return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
@@ -93,7 +144,7 @@ def document(doc: Any, fmt: str) -> str:
 def change_line(data: Mapping[str, Any]) -> str:
     """``REVISION NS OP (version V) message`` for one watch ``change`` event."""
     line = f"{data.get('revision')} {data.get('ns')} {op_label(data)} (version {data.get('version')})"
-    message = " ".join(str(data.get("message") or "").split())
+    message = " ".join(printable(str(data.get("message") or "")).split())
     return f"{line} {message}" if message else line
 
 

@@ -3,7 +3,8 @@
 
 A target is a namespace (``orders/config``) or a prefix (``orders/``); which schema governs a
 namespace is ``schema_rules.governing``.  Setting or deleting a schema needs the ``admin`` role
-(a schema constrains every writer under it) and a scope covering the target; reads are reads.
+(a schema constrains every writer under it) and a scope covering the target, and is audited like a
+push (``audit``, action ``schema``); reads are reads, the list filtered by the token's scope.
 The body of a set is ``{schema, message?, author?}`` (JSON or YAML, bounded like a push).
 """
 
@@ -61,9 +62,13 @@ def parse_schema_body(data: Any) -> tuple[dict[str, Any], str, str]:
 
 
 async def list_schemas(request: web.Request) -> web.Response:
-    rt(request).auth.require(request, "list")
+    """Like ``GET /v1/namespaces``: with ``auth.read_requires_token`` a scoped token lists only the targets
+    inside its scope (those it may also get, ``auth.TokenAuth.visible``), never another team's."""
+    auth = rt(request).auth
+    principal = auth.require(request, "list")
     revision, found = await store(request).list_schemas()
-    return json_response({"revision": revision, "schemas": [s.to_json(with_schema=False) for s in found]})
+    shown = [s.to_json(with_schema=False) for s in found if auth.visible(principal, s.target)]
+    return json_response({"revision": revision, "schemas": shown})
 
 
 async def get_schema(request: web.Request) -> web.Response:
@@ -83,7 +88,7 @@ async def set_schema(request: web.Request) -> web.Response:
     force, expected = force_param(request), if_match(request)
     schema, message, author = parse_schema_body(await read_body(request))
     write = SchemaWrite(target, schema, message, author, request_info(request).origin(), expected, force)
-    release = await store(request).write(write, runtime.store.list_releases, runtime.offload)
+    release = await store(request).write(write, runtime.store.releases_under, runtime.offload)
     request_info(request).revision = release.revision
     return json_response(release.to_json(), 201 if release.version == 1 else 200)
 
@@ -93,7 +98,7 @@ async def delete_schema(request: web.Request) -> web.Response:
     target = authorized_target(request, "schema")
     write = SchemaWrite(target, None, request.query.get("message", ""), request.query.get("author", ""),
                         request_info(request).origin(), if_match(request))
-    release = await store(request).write(write, runtime.store.list_releases, runtime.offload)
+    release = await store(request).write(write, runtime.store.releases_under, runtime.offload)
     request_info(request).revision = release.revision
     return json_response(release.to_json())
 

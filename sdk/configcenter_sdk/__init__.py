@@ -16,6 +16,7 @@ from .cache import CachedDoc, FallbackCache, Lookup
 from .client import ClientStatus, ConfigClient, Mode, NamespaceStatus
 from .errors import (
     BackendUnavailableError,
+    EventTooLargeError,
     RouteTableError,
     SDKError,
     SnapshotError,
@@ -33,6 +34,7 @@ __all__ = [
     "ClientError",
     "ClientStatus",
     "ConfigClient",
+    "EventTooLargeError",
     "FallbackCache",
     "Lookup",
     "Mode",

@@ -109,7 +109,9 @@ class ClientStatus:
 
     ``resets_backwards``: authoritative resets below the client's revision or
     from another etcd cluster (etcd restored from a backup, or replaced);
-    ``cluster``: the etcd cluster id (hex) of the resume point, None if unknown.
+    ``cluster``: the etcd cluster id (hex) of the resume point, None if unknown;
+    ``oversized_events``: connections dropped because a server sent an SSE line or
+    event past ``max_event_bytes`` (``_sse``).
     """
 
     mode: Mode
@@ -123,6 +125,7 @@ class ClientStatus:
     errors: tuple[ClientError, ...]
     resets_backwards: int = 0
     cluster: str | None = None
+    oversized_events: int = 0
 
 
 def _int(value: object, name: str) -> int:

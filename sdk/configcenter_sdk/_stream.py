@@ -71,7 +71,8 @@ class StreamState:
         self.revision = 0
         self.cluster: str | None = None
         self.server_stale = False
-        self.counters = {"reconnects": 0, "gaps": 0, "duplicates": 0, "resets_backwards": 0}
+        self.counters = {"reconnects": 0, "gaps": 0, "duplicates": 0, "resets_backwards": 0,
+                         "oversized_events": 0}
         self._state = state
         self._match = match
         self._fetch = fetch

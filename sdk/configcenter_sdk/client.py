@@ -37,6 +37,12 @@ Contract
   /v1/instances/{id}/report`` on every change and as a heartbeat, in its own task (``_report``);
   ``close()`` says goodbye. ``max_regex_program_size`` bounds header regexes of route tables here
   (tables over it are rejected like any that fails to compile).
+* What a server can make the client hold is bounded: an SSE line or event past ``max_event_bytes``
+  (default ``_sse.DEFAULT_MAX_EVENT_BYTES``, 62.5 MiB: a reset of 80 namespaces at the server's
+  document limit) drops that connection, is logged (ERROR) and counted (``status().oversized_events``),
+  and the client moves on to the next server, backing off as after a failure, while it keeps serving
+  the documents it holds (``fallback`` until a server delivers again). ``idle_timeout`` counts from the
+  last complete event, so a server trickling bytes that never finish an event is dropped too.
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ import orjson
 
 from ._persist import ResumeMarker, SnapshotWriter, load_snapshots
 from ._report import Reporter, make_identity, namespace_report
-from ._sse import SSEParser
+from ._sse import DEFAULT_MAX_EVENT_BYTES, SSEParser, check_max_event_bytes
 from ._state import (
     ChangeCallback,
     ClientStatus,
@@ -71,7 +77,7 @@ from ._state import namespace_matcher as _matcher
 from ._stream import StreamState
 from ._tls import client_ssl_context
 from .cache import CachedDoc, FallbackCache
-from .errors import BackendUnavailableError, UnknownServiceError
+from .errors import BackendUnavailableError, EventTooLargeError, UnknownServiceError
 from .routing import RouteDecision
 from .snapshot import SnapshotStore
 
@@ -114,6 +120,7 @@ class ConfigClient:
         instance_id: str | None = None,
         report: bool = True,
         max_regex_program_size: int | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         if isinstance(servers, str) or not servers:
             raise ValueError("servers must be a non-empty sequence of base URLs")
@@ -125,6 +132,7 @@ class ConfigClient:
         self._token = token
         self._backoff = (backoff_initial, backoff_max)
         self._idle_timeout = 15.0 if idle_timeout is None else idle_timeout
+        self._max_event_bytes = check_max_event_bytes(max_event_bytes)
         self._connect_timeout = connect_timeout
         # https: ca_file replaces the system CA store; client_cert/key for servers that require one (_tls)
         self._ssl = client_ssl_context(*(os.fspath(f) if f is not None else None
@@ -269,7 +277,7 @@ class ConfigClient:
         stream, counters = self._stream, self._stream.counters
         return ClientStatus(self._mode, self._server, stream.revision, counters["reconnects"], counters["gaps"],
                             counters["duplicates"], stream.server_stale, namespaces, tuple(self._state.errors),
-                            counters["resets_backwards"], stream.cluster)
+                            counters["resets_backwards"], stream.cluster, counters["oversized_events"])
 
     # ------------------------------------------------------------------ listeners
 
@@ -307,6 +315,10 @@ class ConfigClient:
             try:
                 went_live = await self._subscribe(url)
                 log.warning("subscription to %s ended by the server", url)
+            except EventTooLargeError as exc:  # a faulty or hostile server: back off as after a failure
+                self._stream.counters["oversized_events"] += 1
+                log.error("dropped the subscription to %s: %s; serving the documents held, trying the next server",
+                          url, exc)
             except (aiohttp.ClientError, OSError, TimeoutError, _StreamError) as exc:
                 went_live = self._server == url
                 log.warning("subscription to %s failed: %s", url, exc or type(exc).__name__)
@@ -341,24 +353,35 @@ class ConfigClient:
             return await self._consume(url, response)
 
     async def _consume(self, url: str, response: aiohttp.ClientResponse) -> bool:
-        parser = SSEParser()
+        """Apply the stream's events until it ends (returns whether any arrived), stays without a complete
+        event for ``idle_timeout`` (``_StreamError``) or sends one past ``max_event_bytes`` (the
+        connection is closed, ``EventTooLargeError``)."""
+        parser = SSEParser(self._max_event_bytes)
         live = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._idle_timeout  # moved by complete events only, not by any byte
         while True:
             try:
-                async with asyncio.timeout(self._idle_timeout):  # not wait_for: see _report.Reporter.run
+                async with asyncio.timeout_at(deadline):  # not wait_for: see _report.Reporter.run
                     chunk = await response.content.readany()
             except TimeoutError:
                 self._set_mode("fallback", f"no event from {url} for {self._idle_timeout}s")
                 raise _StreamError(f"idle for {self._idle_timeout}s") from None
             if not chunk:
                 return live
-            for event in parser.feed(chunk):
+            events = parser.feed(chunk)
+            for event in events:
                 await self._stream.apply(event, url)
                 if not live:
                     live = True
                     self._server = url
                     self._set_mode("live", f"subscribed at {url} from revision {self._stream.revision}")
                     self._settled.set()
+            if events:
+                deadline = loop.time() + self._idle_timeout
+            if parser.error is not None:
+                response.close()  # never hand this connection back to the pool
+                raise parser.error
 
     async def _apply_change(self, change: Incoming) -> None:
         """Apply one change as if it came from the stream (kept for tests that drive the decision path)."""

@@ -29,3 +29,15 @@ class SnapshotError(SDKError):
 
 class BackendUnavailableError(SDKError, ConnectionError):
     """No configcenter server could be reached (the client is in fallback mode)."""
+
+
+class EventTooLargeError(SDKError):
+    """A server sent an SSE line or event past the client's ``max_event_bytes``.
+
+    The client drops that connection, counts it (``status().oversized_events``), logs it
+    and reconnects to the next server; the documents it holds stay in use meanwhile.
+    """
+
+    def __init__(self, message: str, *, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit

@@ -237,3 +237,31 @@ async def test_watch_reconnects_and_resumes(make_server: Any, capsys: pytest.Cap
     captured = capsys.readouterr()
     assert captured.out.splitlines() == [f"{rev_b} r/b push (version 1)", f"{rev_c} r/c push (version 1)"]
     assert "reconnecting" in captured.err
+
+
+HOSTILE = "clear\x1b[2Jscreen\rover\x07bell\x9b31m"
+
+
+async def test_control_characters_from_the_server_print_escaped(
+        server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 16 item 8: release messages, authors and documents reached the terminal raw."""
+    body = {"kind": "config", "doc": {"k": HOSTILE, HOSTILE: 1}, "message": HOSTILE, "author": HOSTILE}
+    async with aiohttp.ClientSession() as session, session.put(
+            f"{server.url}/v1/namespaces/esc/app", json=body, headers=server.auth()) as resp:
+        assert resp.status == 201
+        since = (await resp.json())["revision"] - 1
+    escaped = "clear\\u001b[2Jscreen\\rover\\u0007bell\\u009b31m"
+    results = {argv: await run_cli(capsys, server, *argv) for argv in (
+        ("history", "esc/app"), ("list",), ("get", "esc/app"), ("--json", "get", "esc/app"),
+        ("get", "esc/app", "-o", "json"), ("watch", "esc/", "--since", str(since), "--count", "1", "--timeout", "10"),
+        ("--json", "history", "esc/app"))}
+    for argv, result in results.items():
+        assert result.code == 0, (argv, result)
+        raw = [c for c in result.out + result.err if c in "\x1b\r\x07\x9b"]
+        assert raw == [], (argv, result.out)
+    assert escaped in results[("history", "esc/app")].out and escaped in results[("list",)].out
+    assert escaped in results[("watch", "esc/", "--since", str(since), "--count", "1", "--timeout", "10")].out
+    full = orjson.loads(results[("--json", "get", "esc/app")].out)  # still JSON, still the same strings
+    assert full["message"] == HOSTILE and full["author"] == HOSTILE and full["doc"] == body["doc"]
+    assert orjson.loads(results[("get", "esc/app", "-o", "json")].out)["doc"] == body["doc"]
+    assert orjson.loads(results[("--json", "history", "esc/app")].out)["entries"][0]["message"] == HOSTILE

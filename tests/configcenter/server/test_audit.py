@@ -215,3 +215,22 @@ async def test_sdk_listeners_get_trace_id_and_principal(
     assert gone is None and rev_gone == deleted["revision"]  # delete events carry no audit stamp (mirror.py)
     applied = [r.getMessage() for r in caplog.records if r.getMessage().startswith("applied audit/sdk@")]
     assert f"applied audit/sdk@{release['revision']} (trace {TRACE}, by test-writer)" in applied
+
+
+async def test_schema_writes_are_audited(
+    server: RunningServer, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 16 item 8: setting or deleting a schema (which binds every writer under it) left no audit line."""
+    caplog.set_level(logging.INFO, logger="configcenter.audit")
+    url = f"{server.url}/v1/schemas/audited/"
+    async with http.put(url, json={"schema": {"type": "object"}}, headers=server.auth()) as resp:
+        assert resp.status == 201
+        revision = (await resp.json())["revision"]
+    async with http.delete(url, headers=server.auth()) as resp:
+        assert resp.status == 200
+    async with http.get(url) as resp:  # reads stay out of the audit log
+        assert resp.status == 404
+    lines = audit_lines(caplog)
+    assert [(a["event"], a["action"], a["method"], a["namespace"], a["principal"]) for a in lines] == [
+        ("write", "schema", "PUT", "audited/", "test-writer"), ("write", "schema", "DELETE", "audited/", "test-writer")]
+    assert lines[0]["revision"] == revision and lines[1]["revision"] > revision

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,20 @@ import pytest
 
 from configcenter.cli.embedded_etcd import EtcdCluster, EtcdTLSFiles, free_port
 from configcenter.errors import ConfigError
-from configcenter.server.settings import EtcdCredentials, EtcdTLS, load_settings
+from configcenter.server.auth import Principal
+from configcenter.server.settings import EtcdCredentials, EtcdTLS, exposure_warnings, load_settings
 from configcenter.server.tls import etcd_tls_material
-from helpers import Certs, RunningServer, SSEStream, envelope, eventually, server_settings, start_server
+from helpers import (
+    READER,
+    TEST_PRINCIPALS,
+    Certs,
+    RunningServer,
+    SSEStream,
+    envelope,
+    eventually,
+    server_settings,
+    start_server,
+)
 
 AUTH_PREFIX = "/cc-auth/"
 PASSWORDS = {"root": "root-pw", "configcenter": "cc-pw", "reader": "reader-pw", "nobody": "nobody-pw"}
@@ -95,8 +108,11 @@ async def push(http: aiohttp.ClientSession, server: RunningServer, doc: dict[str
         return resp.status, await resp.json()
 
 
-async def readiness(http: aiohttp.ClientSession, server: RunningServer) -> tuple[int, dict[str, Any]]:
-    async with http.get(f"{server.url}/readyz") as resp:
+async def readiness(http: aiohttp.ClientSession, server: RunningServer,
+                    token: str | None = READER) -> tuple[int, dict[str, Any]]:
+    """``/readyz`` as a reader token holder sees it (the details); ``token=None``: as anyone."""
+    headers = server.auth(token) if token else {}
+    async with http.get(f"{server.url}/readyz", headers=headers) as resp:
         return resp.status, await resp.json()
 
 
@@ -284,3 +300,106 @@ def test_etcd_security_settings_errors(tmp_path: Path, etcd: str, message: str) 
     with pytest.raises(ConfigError) as caught:
         load_settings(config, env={})
     assert caught.value.message.startswith(message) and "\n" not in caught.value.message
+
+
+# ------------------------------------------------------------------------------------------ safe defaults
+
+
+async def test_readyz_tells_anyone_only_the_status_and_a_token_holder_the_details(
+    auth_etcd: EtcdCluster, tmp_path: Path, http: aiohttp.ClientSession, servers: list[RunningServer],
+) -> None:
+    """Issue 16 item 6: ``/readyz`` named etcd users and key prefixes to anyone."""
+    server = await start(servers, auth_etcd, wait=False, **as_user(tmp_path, "nobody"))
+    await eventually(lambda: server.runtime.client.access_problem is not None, timeout=5)
+    status, anonymous = await readiness(http, server, token=None)
+    assert status == 503 and anonymous == {"status": "starting", "stale": anonymous["stale"], "warnings": []}
+    assert "nobody" not in str(anonymous) and server.prefix not in str(anonymous)
+    status, detailed = await readiness(http, server)
+    assert status == 503 and "etcd user 'nobody'" in detailed["message"] and detailed["etcd"] == "down"
+    async with http.get(f"{server.url}/readyz", headers=server.auth("not-a-token")) as resp:
+        assert resp.status == 401
+    async with http.get(f"{server.url}/v1/namespaces/sec/app") as resp:  # a read etcd refuses: 503, no names
+        body = await resp.json()
+        assert resp.status == 503 and "nobody" not in str(body) and server.prefix not in str(body)
+    async with http.get(f"{server.url}/v1/namespaces/sec/app", headers=server.auth(READER)) as resp:
+        assert resp.status == 503 and "etcd user 'nobody'" in (await resp.json())["error"]["message"]
+
+
+async def test_metrics_need_a_token_when_reads_do_and_a_scoped_token_sees_its_namespaces_only(
+    make_server: Any, http: aiohttp.ClientSession,
+) -> None:
+    scoped = Principal.from_token("team-a", "team-a-token", "reader", ["a/"])
+    server = await make_server(read_requires_token=True, tokens=(*TEST_PRINCIPALS, scoped))
+    server.runtime.metrics.set_series("configcenter_rollout_pending_instances", "ns", {"a/x": 1, "b/secret": 2})
+    async with http.get(f"{server.url}/metrics") as resp:
+        assert resp.status == 401
+    async with http.get(f"{server.url}/metrics", headers=server.auth(READER)) as resp:
+        text = await resp.text()
+        assert resp.status == 200 and 'ns="a/x"' in text and 'ns="b/secret"' in text
+    async with http.get(f"{server.url}/metrics", headers=server.auth("team-a-token")) as resp:
+        text = await resp.text()
+        assert resp.status == 200 and 'ns="a/x"' in text and "b/secret" not in text
+        assert "configcenter_applied_revision" in text
+
+
+async def test_readyz_warns_of_anonymous_reads_and_tokens_in_plain_http_on_a_public_listen(
+    make_server: Any, http: aiohttp.ClientSession,
+) -> None:
+    server = await make_server(host="0.0.0.0")
+    async with http.get(f"http://127.0.0.1:{server.settings.port}/readyz") as resp:
+        warnings = (await resp.json())["warnings"]
+    assert resp.status == 200 and len(warnings) == 2
+    assert "reads are anonymous" in warnings[0] and "bearer tokens travel in plain HTTP" in warnings[1]
+    quiet = await make_server(read_requires_token=True, tokens=())
+    assert exposure_warnings(quiet.settings) == ()  # loopback: nothing to say
+    assert exposure_warnings(replace(quiet.settings, host="10.1.2.3")) == ()  # tokens required, none in transit
+
+
+async def test_serve_warns_at_start_on_a_public_listen(tmp_path: Path, etcd: EtcdCluster) -> None:
+    port = free_port()
+    config = tmp_path / "server.yaml"
+    config.write_text(f"listen: 0.0.0.0:{port}\netcd: {{endpoints: [{etcd.endpoints[0]}], prefix: /cc-warn-{port}/}}\n"
+                      "auth: {tokens: [{token: w, role: admin}]}\n")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "configcenter", "serve", "--config", str(config),
+                                                stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(30):
+            while not any("bearer tokens travel" in line for line in lines):
+                line = (await proc.stderr.readline()).decode()
+                assert line, "".join(lines)
+                lines.append(line)
+    finally:
+        proc.terminate()
+        await proc.wait()
+    assert any("WARNING" in line and "reads are anonymous" in line for line in lines), lines
+
+
+@pytest.mark.parametrize(("etcd", "refused"), [
+    ("{endpoints: [10.0.0.1:2379], username: u, password: p}", True),
+    ("{endpoints: ['http://etcd.internal:2379'], username: u, password: p}", True),
+    ("{endpoints: [10.0.0.1:2379], username: u, password: p, allow_plaintext_credentials: true}", False),
+    ("{endpoints: ['https://10.0.0.1:2379'], username: u, password: p}", False),
+    ("{endpoints: [10.0.0.1:2379], tls: {server_name: etcd}, username: u, password: p}", False),
+    ("{endpoints: ['127.0.0.1:2379', 'localhost:2379', '[::1]:2379'], username: u, password: p}", False),
+    ("{endpoints: [10.0.0.1:2379]}", False),
+])
+def test_etcd_credentials_over_plaintext_need_an_explicit_opt_in(tmp_path: Path, etcd: str, refused: bool) -> None:
+    config = tmp_path / "server.yaml"
+    config.write_text(f"etcd: {etcd}\n")
+    if not refused:
+        load_settings(config, env={})
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, env={})
+    message = caught.value.message
+    assert message.startswith("etcd.username 'u' would be sent over plaintext gRPC") and "\n" not in message
+    assert "etcd.allow_plaintext_credentials: true" in message and "'p'" not in message
+
+
+def test_allow_plaintext_credentials_must_be_a_boolean(tmp_path: Path) -> None:
+    config = tmp_path / "server.yaml"
+    config.write_text("etcd: {allow_plaintext_credentials: 'yes'}\n")
+    with pytest.raises(ConfigError, match=r"^etcd\.allow_plaintext_credentials must be true or false"):
+        load_settings(config, env={})

@@ -206,3 +206,17 @@ async def test_schemas_set_through_another_replica_bind_every_push_at_once(
         assert (await push(http, a, "pin/deep/cfg", {"timeout_ms": "free again"}))[0] == 200
     versions = [r.version for r in (await a.runtime.store.history("pin/deep/cfg", limit=100)).entries]
     assert versions == list(range(len(versions), 0, -1)) and len(versions) == 8  # none skipped or reused
+
+
+async def test_schema_list_shows_a_scoped_token_only_its_scope(
+        make_server: Callable[..., Awaitable[RunningServer]], http: aiohttp.ClientSession) -> None:
+    """Issue 16 item 8: ``GET /v1/schemas`` listed every team's schema targets to any token."""
+    scoped = Principal.from_token("team-in", "team-in-token", "reader", ["in/"])
+    server = await make_server(tokens=(*TEST_PRINCIPALS, scoped), read_requires_token=True)
+    for target in ("in/", "in/app", "out/", "out/app", "inside"):
+        assert (await put_schema(http, server, target, {}))[0] == 201
+    status, mine = await call(http, "GET", f"{server.url}/v1/schemas", headers=server.auth("team-in-token"))
+    assert status == 200 and [s["target"] for s in mine["schemas"]] == ["in/", "in/app"]
+    status, everything = await call(http, "GET", f"{server.url}/v1/schemas", headers=server.auth(READER))
+    assert status == 200 and len(everything["schemas"]) == 5
+    assert (await call(http, "GET", f"{server.url}/v1/schemas"))[0] == 401
