@@ -26,6 +26,10 @@ class ConfigCenterError(Exception):
         """The wire form: ``{"error": {"code", "message", "details"}}``."""
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
 
+    def headers(self) -> dict[str, str]:
+        """Headers the answer carries besides the body (e.g. ``Retry-After``); none by default."""
+        return {}
+
 
 class InvalidBodyError(ConfigCenterError):
     """The request body is not valid JSON/YAML or not the expected shape."""
@@ -88,6 +92,20 @@ class PayloadTooLargeError(ConfigCenterError):
 
     status = 413
     code = "payload_too_large"
+
+
+class TooManyRequestsError(ConfigCenterError):
+    """A per-client or global cap is reached; ``Retry-After`` says when asking again may succeed."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int, **details: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **details)
+        self.retry_after = max(1, retry_after)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class SchemaViolationError(ConfigCenterError):

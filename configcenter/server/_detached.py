@@ -15,7 +15,8 @@ and contract as the task path in ``hub.py``:
   :meth:`DetachedStreams.flush`, on the next loop iteration after the subscription is woken
   (its ``Wakeup`` is redirected here), or when the transport's buffer drains
   (``resume_writing``; the transport's high-water mark is the channel's);
-* one task ticks every half ``progress_interval``: a stream that sent nothing for a whole tick
+* one task ticks every half ``progress_interval``: a stream whose client left written bytes
+  unread for ``limits.drain_timeout`` is aborted (``SseChannel.stalled``); a stream that sent nothing for a whole tick
   gets a ``progress`` frame (so a silent stream hears something every 0.5 to 1 times
   ``progress_interval``), or, when its floor is above the mirror, the check the task path
   makes (``Hub.check_ahead``);
@@ -28,10 +29,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .hub import Hub, Subscription
+    from ._subscription import Subscription
+    from .hub import Hub
 
 log = logging.getLogger("configcenter.hub")
 
@@ -134,9 +137,14 @@ class DetachedStreams:
     async def _idle_streams(self) -> None:
         """A progress to every stream that sent nothing for a whole tick (and can be written to);
         ``sent`` is cleared at each tick and set by every write, the progress included."""
+        now = time.monotonic()
         for sub in list(self.subs):
             channel = sub.channel
             if channel is None:
+                continue
+            if channel.stalled(now):
+                channel.abort()  # ``lost`` follows
+                self._hub.note_stalled()
                 continue
             if channel.sent:
                 channel.sent = False

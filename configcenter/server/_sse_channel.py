@@ -17,11 +17,18 @@ the subscriber's task deliver, with backpressure, via ``write``.
 ``try_write`` takes :class:`Body`: bytes framed once for every channel they go to (one
 allocation and one ``transport.write`` per subscriber on the hub's fan-out path, however many
 subscribers share the frames).
+
+Drain deadline: a peer that does not read would pin what was written to it (a catch-up reset
+of every subscribed document) for as long as it stays connected.  ``stalled``, asked
+periodically (by ``write`` while it waits, by the detached streams' tick), is true once bytes
+that were buffered at one look are still buffered ``drain_timeout`` seconds later; the caller
+then ``abort``s the connection, dropping its buffer (the SDK resumes with ``Last-Event-ID``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import cast
 
 from aiohttp import web
@@ -29,6 +36,11 @@ from aiohttp.http import HttpVersion11
 
 HIGH_WATER = 256 * 1024  # bytes buffered for one peer before the fast path stops
 DRAIN_POLL = 0.02  # seconds between checks while a slow peer drains
+DRAIN_TIMEOUT = 30.0  # seconds a peer may leave written bytes unread (``limits.drain_timeout``)
+
+
+class Stalled(ConnectionResetError):
+    """The peer did not read what was written to it within the drain deadline: the connection is aborted."""
 
 
 class Body:
@@ -50,16 +62,23 @@ class Body:
 class SseChannel:
     """The body of one event-stream response (see the module docstring)."""
 
-    __slots__ = ("_chunked", "_high_water", "_transport", "sent")  # one per subscriber
+    __slots__ = ("_chunked", "_drain_timeout", "_due", "_due_at", "_high_water", "_transport", "_written",
+                 "sent")  # one per subscriber
 
-    def __init__(self, transport: asyncio.Transport, *, chunked: bool, high_water: int = HIGH_WATER) -> None:
+    def __init__(self, transport: asyncio.Transport, *, chunked: bool, high_water: int = HIGH_WATER,
+                 drain_timeout: float = DRAIN_TIMEOUT) -> None:
         self._transport = transport
         self._chunked = chunked
         self._high_water = high_water
+        self._drain_timeout = drain_timeout
+        self._written = 0  # bytes handed to the transport so far
+        self._due = 0  # ... of which the peer must have taken this many by ``_due_at`` (0.0: nothing due)
+        self._due_at = 0.0
         self.sent = False  # set by every write; cleared by whoever watches for idle streams
 
     @classmethod
-    async def open(cls, request: web.Request, resp: web.StreamResponse) -> SseChannel:
+    async def open(cls, request: web.Request, resp: web.StreamResponse, *,
+                   drain_timeout: float = DRAIN_TIMEOUT) -> SseChannel:
         """Send the headers of ``resp`` and take over its body; ConnectionResetError if the peer left."""
         chunked = request.version >= HttpVersion11
         if chunked:
@@ -69,7 +88,7 @@ class SseChannel:
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the subscriber went away")
         # duck-typed: uvloop's TCPTransport has the same methods but is not an asyncio.Transport subclass
-        return cls(cast(asyncio.Transport, transport), chunked=chunked)
+        return cls(cast(asyncio.Transport, transport), chunked=chunked, drain_timeout=drain_timeout)
 
     @property
     def transport(self) -> asyncio.Transport:
@@ -103,10 +122,27 @@ class SseChannel:
                 self._transport.write(b"0\r\n\r\n")
             self._transport.close()
 
+    def stalled(self, now: float) -> bool:
+        """Whether bytes buffered at an earlier call are still buffered ``drain_timeout`` seconds after it
+        (``now``: ``time.monotonic()``).  Call it periodically; each call may start a new deadline."""
+        buffered = self._transport.get_write_buffer_size()
+        if buffered == 0:
+            self._due_at = 0.0
+            return False
+        if self._due_at == 0.0 or self._written - buffered >= self._due:
+            self._due, self._due_at = self._written, now + self._drain_timeout
+            return False
+        return now >= self._due_at
+
+    def abort(self) -> None:
+        """Close the connection now, dropping what is still buffered for the peer."""
+        self._transport.abort()
+
     async def write(self, data: bytes) -> None:
         """Write (always, in order), then wait until the peer's backlog is below the high-water mark.
 
-        Raises ConnectionResetError when the peer is gone.
+        Raises ConnectionResetError when the peer is gone, ``Stalled`` (after aborting the connection)
+        when it leaves bytes unread past the drain deadline.
         """
         if self._transport.is_closing():
             raise ConnectionResetError("the subscriber went away")
@@ -115,10 +151,14 @@ class SseChannel:
             await asyncio.sleep(DRAIN_POLL)
             if self._transport.is_closing():
                 raise ConnectionResetError("the subscriber went away")
+            if self.stalled(time.monotonic()):
+                self.abort()
+                raise Stalled(f"the subscriber left written bytes unread for {self._drain_timeout}s")
 
     def _put(self, body: Body) -> None:
         """The one place body bytes reach the socket: as an HTTP/1.1 chunk, or raw for HTTP/1.0."""
         data = body.chunk if self._chunked else body.raw
         if data:
             self._transport.write(data)
+            self._written += len(data)
             self.sent = True

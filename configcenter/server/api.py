@@ -12,6 +12,7 @@ or written) and every write is stamped with the request's origin (``audit.py``).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,9 +21,10 @@ from aiohttp import web
 
 from .. import errors
 from ..codec import dump_json, parse_body
-from ..diffing import structured_diff, unified_patch
+from ..diffing import encoded_diff
 from ..model import Release, validate_namespace, validate_prefix
 from ..validation import parse_envelope, validate_document
+from .admission import Lane
 from .audit import request_info
 from .auth import Action, Principal
 from .changes import ResumePoint, parse_resume_id
@@ -33,6 +35,7 @@ log = logging.getLogger("configcenter.api")
 NS = "{ns:.+}"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _INT64_MAX = 2**63 - 1
+_ETCD_DOWN_ANONYMOUS = "etcd is unavailable or refuses the server; a caller with a token sees why (and /readyz does)"
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -44,7 +47,10 @@ def error_response(request: web.Request, exc: Exception) -> web.StreamResponse |
     for what is not an error answer (an HTTP redirect: the caller re-raises it).  The one mapping
     of exceptions to HTTP statuses besides ``errors.ConfigCenterError.status``."""
     if isinstance(exc, errors.ConfigCenterError):
-        return json_response(exc.to_json(), exc.status)
+        body = exc.to_json()
+        if isinstance(exc, errors.EtcdUnavailableError) and request_info(request).principal is None:
+            body["error"]["message"] = _ETCD_DOWN_ANONYMOUS  # etcd's words name its users, prefixes, endpoints
+        return json_response(body, exc.status, exc.headers() or None)
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         limit = rt(request).settings.limits.max_body_bytes
         err = errors.PayloadTooLargeError(f"request body is larger than the {limit}-byte limit")
@@ -55,6 +61,9 @@ def error_response(request: web.Request, exc: Exception) -> web.StreamResponse |
         code = exc.reason.lower().replace(" ", "_")
         body = {"error": {"code": code, "message": f"{exc.reason}: {request.method} {request.path}", "details": {}}}
         return json_response(body, exc.status)
+    if isinstance(exc, ConnectionResetError):  # aiohttp's ClientConnectionResetError too: the client hung up
+        rt(request).hub.client_left(request, "before the answer was written")
+        return json_response(errors.ConfigCenterError("the client closed the connection").to_json(), 499)  # never sent
     log.exception("unhandled error on %s %s", request.method, request.path)
     return json_response(errors.ConfigCenterError("internal server error").to_json(), 500)
 
@@ -96,18 +105,21 @@ async def small_json_body(request: web.Request) -> bool:
     return request.content_type.endswith("json") and len(await request.read()) <= INLINE_JSON_BYTES
 
 
-async def read_body(request: web.Request) -> Any:
+async def read_body(request: web.Request, lane: Lane = "write") -> Any:
     """The parsed body, size-checked before reading and parsed within the limits (off the event
-    loop unless it is a small JSON body)."""
+    loop, on ``lane``'s threads, unless it is a small JSON body; 429 before reading when the lane is full)."""
     runtime = rt(request)
     limit = runtime.settings.limits.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise errors.PayloadTooLargeError(
             f"request body of {request.content_length} bytes exceeds the {limit}-byte limit")
-    body = await request.read()
-    if await small_json_body(request):
-        return parse_body(body, request.content_type, runtime.parse_limits)
-    return await runtime.offload(parse_body, body, request.content_type, runtime.parse_limits)
+    if request.content_type.endswith("json") and (request.content_length or 0) <= INLINE_JSON_BYTES:
+        body = await request.read()
+        if await small_json_body(request):
+            return parse_body(body, request.content_type, runtime.parse_limits)
+    async with runtime.admission.slot(lane) as slot:  # 429 before reading the body when the lane is full
+        body = await request.read()
+        return await slot.run(functools.partial(parse_body, body, request.content_type, runtime.parse_limits))
 
 
 def release_response(release: Release, runtime: Runtime, status: int = 200) -> web.Response:
@@ -195,22 +207,26 @@ async def diff(request: web.Request) -> web.Response:
     from_rev, to_rev = int_param(request, "from", minimum=1), int_param(request, "to", minimum=1)
     if from_rev is None:
         raise errors.InvalidArgumentError("diff needs ?from=REVISION (and optionally &to=REVISION)")
-    old = await runtime.store.get_at(ns, from_rev)
-    new = await runtime.store.get_at(ns, to_rev) if to_rev is not None else await runtime.store.get(ns)
-    key = (ns, old.revision, new.revision)
-    body = runtime.diffs.get(key)
-    if body is None:
-        body = runtime.diffs[key] = await runtime.offload(diff_body, ns, old, new)
-    return json_response(body)
+    async with runtime.admission.slot("read") as slot:  # 429 before two documents are fetched and decoded
+        old = await runtime.store.get_at(ns, from_rev)
+        new = await runtime.store.get_at(ns, to_rev) if to_rev is not None else await runtime.store.get(ns)
+        key = (ns, old.revision, new.revision)
+        body = runtime.diffs.get(key)
+        if body is None:
+            body = await slot.run(functools.partial(diff_body, ns, old, new))
+            if len(body) <= DIFF_CACHE_BYTES:
+                runtime.diffs[key] = body
+    return web.Response(body=body, content_type="application/json")
 
 
-def diff_body(ns: str, old: Release, new: Release) -> dict[str, Any]:
-    """The diff response (CPU-heavy for large documents: runs on the worker threads)."""
-    return {
-        "ns": ns, "from": old.revision, "to": new.revision,
-        "changes": structured_diff(old.doc, new.doc),
-        "patch": unified_patch(old.doc, new.doc, f"{ns}@{old.revision}", f"{ns}@{new.revision}"),
-    }
+DIFF_CACHE_BYTES = 256 * 1024  # larger diff answers are not cached: 16 of them must not pin much memory
+
+
+def diff_body(ns: str, old: Release, new: Release) -> bytes:
+    """The encoded diff answer, bounded (``diffing``: at most ``MAX_CHANGES`` entries, bounded paths, no
+    patch past its budget); CPU-heavy for large documents, so it runs on the read lane's threads."""
+    return encoded_diff(old.doc, new.doc, f"{ns}@{old.revision}", f"{ns}@{new.revision}",
+                        {"ns": ns, "from": old.revision, "to": new.revision})
 
 
 async def rollback(request: web.Request) -> web.Response:
@@ -231,7 +247,7 @@ async def rollback(request: web.Request) -> web.Response:
 async def evaluate_route(request: web.Request) -> web.Response:
     runtime = rt(request)
     _, ns = authorized(request, "route")
-    body = await read_body(request)
+    body = await read_body(request, "read")
     headers = body.get("headers") if isinstance(body, dict) else None
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
         raise errors.InvalidBodyError("body must be {headers: {name: value, ...}} with string values")
@@ -264,14 +280,22 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    status = rt(request).readiness()
+    """Status for anyone; details (etcd state, revision, problem naming etcd users and prefixes) only for a
+    valid token of any role (``Runtime.readiness``).  A bad token is 401, like everywhere."""
+    runtime = rt(request)
+    status = runtime.readiness(details=runtime.auth.authenticate(request) is not None)
     return json_response(status, 200 if status["status"] == "ready" else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """The Prometheus text.  It names namespaces (label ``ns``), so it is read like ``list``: open unless
+    ``auth.read_requires_token``; then a token is needed and a scoped one sees only its namespaces' series."""
     runtime = rt(request)
+    principal = runtime.auth.require(request, "list")
+    scoped = principal is not None and principal.namespaces is not None and runtime.auth.scoped(principal, "list")
+    visible = functools.partial(runtime.auth.visible, principal) if scoped else None
     runtime.metrics.set("configcenter_stale_seconds", runtime.mirror.stale_seconds())
-    return web.Response(text=runtime.metrics.render().decode(), content_type="text/plain", charset="utf-8",
+    return web.Response(text=runtime.metrics.render(visible).decode(), content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
 
 

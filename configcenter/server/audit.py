@@ -12,7 +12,9 @@ Contract
   proxies, and the first untrusted address is the client.
 * **user agent**: at most 256 characters, non-printable characters replaced by ``?``.
 * The logger ``configcenter.audit`` gets one pre-serialised JSON line per write request (push,
-  rollback, delete; INFO, whatever the outcome, with ``revision`` when it succeeded) and one per
+  rollback, delete, and schema set / delete as action ``schema``, told apart by ``method``; removals
+  of SDK instances as ``goodbye`` (by the instance) or ``evict`` (by an operator), the instance id in
+  ``path``; INFO, whatever the outcome, with ``revision`` when it succeeded) and one per
   request refused with 401/403 (WARNING, any endpoint).  Fields: ``time`` (ISO 8601 UTC),
   ``event`` (``write`` | ``denied``), ``principal`` (``anonymous`` without a valid token),
   ``client``, ``user_agent``, ``method``, ``path``, ``action``, ``namespace``, ``status``,
@@ -37,7 +39,8 @@ from ..model import Origin
 
 AUDIT = logging.getLogger("configcenter.audit")
 ANONYMOUS = "anonymous"
-WRITE_ACTIONS = frozenset({"push", "rollback", "delete"})
+WRITE_ACTIONS = frozenset({"push", "rollback", "delete", "schema",  # "schema": a schema set (PUT) or delete
+                           "goodbye", "evict"})  # an SDK instance removed by itself / by an operator
 MAX_TRACEPARENT = 512
 MAX_REQUEST_ID = 128
 MAX_USER_AGENT = 256

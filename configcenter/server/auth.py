@@ -39,12 +39,15 @@ from .metrics import Metrics
 
 Role = Literal["reader", "writer", "admin"]
 ROLES: tuple[Role, ...] = ("reader", "writer", "admin")
-Action = Literal["get", "list", "history", "diff", "route", "watch", "push", "rollback", "delete", "schema"]
-#: The least role each action needs.
-NEEDS: dict[str, Role] = {"push": "writer", "rollback": "writer", "delete": "admin", "schema": "admin"}
+Action = Literal["get", "list", "history", "diff", "route", "watch", "push", "rollback", "delete", "schema",
+                 "evict"]
+#: The least role each action needs ("evict": an operator removes an SDK instance's record).
+NEEDS: dict[str, Role] = {"push": "writer", "rollback": "writer", "delete": "admin", "schema": "admin",
+                          "evict": "admin"}
 READS = frozenset({"get", "list", "history", "diff", "route", "watch"})
 _VERBS = {"get": "read", "history": "read the history of", "diff": "diff", "route": "evaluate the routes of",
-          "push": "push to", "rollback": "roll back", "delete": "delete", "schema": "set the schema of"}
+          "push": "push to", "rollback": "roll back", "delete": "delete", "schema": "set the schema of",
+          "evict": "remove an instance subscribed to"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _SECRETS = ("token", "token_sha256", "token_file")

@@ -46,6 +46,9 @@ EVENT_PUT = 0
 EVENT_DELETE = 1
 LIST_PAGE = 64  # key-values per range read of a listing (see read_range)
 KEYS_PAGE = 1024  # keys per range read of a keys-only listing
+# gRPC's reconnect delay grows to 120 s: after a long etcd outage the channel would stay down for
+# minutes after etcd is back, while the mirror serves a stale view; 2 s keeps the return prompt
+MAX_RECONNECT_BACKOFF_MS = 2000
 MAX_RECEIVE_BYTES = 2**31 - 1  # gRPC's default is 4 MB: six 700 KB documents in one page would not fit
 _LIST_ATTEMPTS = 5  # fresh lists restarted because etcd compacted the revision they were pinned to
 
@@ -97,7 +100,8 @@ class _Channels(ConnectionManager):
     def __init__(self, endpoints: Sequence[str], tls: EtcdTLSMaterial | None,
                  interceptors: Sequence[grpc.aio.ClientInterceptor]) -> None:
         super().__init__(endpoints)
-        self.grpc_options = [*self.grpc_options, ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]
+        self.grpc_options = [*self.grpc_options, ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+                             ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS)]
         self._tls = tls
         self._interceptors = list(interceptors) or None
 

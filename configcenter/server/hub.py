@@ -14,7 +14,8 @@ Per-subscriber contract
   one: etcd was restored or replaced); ``revision_went_back`` (the revision
   lies in a history this replica saw etcd discard in a restore, even if etcd's
   new history has passed it since); ``ring_expired`` (the ring no longer
-  covers it).  Otherwise the missed changes are replayed from the ring.
+  covers it; ``compacted`` / ``resynced`` when a re-list could not replay
+  the window it missed from history).  Otherwise the missed changes are replayed from the ring.
 * A resume revision above this replica's mirror but not above etcd's current
   revision (the client came from a replica that is ahead) gets no reset:
   nothing at or below it is sent, the rest follows as the mirror catches up.
@@ -47,16 +48,22 @@ Per-subscriber contract
 * No stream starts before the mirror's first list: until then (at most
   ``READY_WAIT`` seconds of waiting) the answer is 503 ``etcd_unavailable``,
   because a reset of an empty view would tell clients to delete everything.
+* Per client: at most ``limits.max_streams_per_address`` / ``_per_principal`` open
+  streams, 429 with ``Retry-After`` past them (``_stream_limits``); a client that
+  leaves what was written to it (a catch-up included) unread for
+  ``limits.drain_timeout`` has its connection aborted (``SseChannel.stalled``) and
+  resumes elsewhere or later with ``Last-Event-ID``.  A client that hangs up before
+  its head is written is counted (``configcenter_client_disconnects_total``), not an error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -66,106 +73,44 @@ from configcenter_sdk.names import namespace_matcher
 
 from ..errors import EtcdUnavailableError
 from ._detached import DetachedStreams
-from ._sse_channel import Body, SseChannel
-from ._wakeup import Wakeup
+from ._sse_channel import Body, SseChannel, Stalled
+from ._stream_limits import StreamAdmission
+from ._subscription import (
+    BACKWARDS,
+    NO_RESUME_POINT,
+    RESUME_AHEAD,
+    UNSEEN,
+    InvalidNotice,
+    Item,
+    Matcher,
+    Shared,
+    Subscription,
+    top_revision,
+)
+from .audit import request_info
 from .changes import Change, ResumePoint, event_id, sse_frames
 from .metrics import Metrics
 from .mirror import CLUSTER_CHANGED, REVISION_WENT_BACK, Mirror
+from .settings import Limits
 
-Matcher = Callable[[str], bool]
-NO_RESUME_POINT = "no_resume_point"
-RING_EXPIRED = "ring_expired"
-QUEUE_OVERFLOW = "queue_overflow"
-RESUME_AHEAD = "resume_ahead_of_cluster"
-# resets whose revision may be below the client's (etcd went back or is another cluster)
-BACKWARDS = frozenset({CLUSTER_CHANGED, RESUME_AHEAD, REVISION_WENT_BACK})
 READY_WAIT = 2.0  # seconds a subscriber may wait for the mirror's first list
 PROBE_TIMEOUT = 1.0  # seconds a subscriber may wait for etcd's current revision
 CLOSE_WAIT = 0.5  # seconds a shutdown waits for the streams' handlers to return
-
-
-@dataclass(frozen=True, slots=True)
-class InvalidNotice:
-    """A record in etcd that could not be parsed; sent as an ``invalid`` event (no id)."""
-
-    ns: str
-    revision: int
-    error: str
-
-    def sse(self) -> bytes:
-        data = orjson.dumps({"ns": self.ns, "revision": self.revision, "error": self.error})
-        return b"event: invalid\ndata: %s\n\n" % data
-
-
-Item = Change | InvalidNotice
-
-
-@dataclass(eq=False, slots=True)
-class _Shared:
-    """What one set of selectors gets of a published batch, encoded once for all its subscribers."""
-
-    items: list[Item]
-    body: Body
-    top: int  # highest change revision in ``items`` (0 if only notices)
-    lowest: float  # lowest change revision (inf if only notices): a floor below it filters nothing
-    written: int = 0  # subscribers it was written to directly
-
-    @classmethod
-    def of(cls, match: Matcher, items: Sequence[Item]) -> _Shared | None:
-        selected = [i for i in items if match(i.ns)]
-        if not selected:
-            return None
-        revisions = [i.revision for i in selected if isinstance(i, Change)]
-        return cls(selected, Body(sse_frames(selected)), max(revisions, default=0),
-                   min(revisions, default=float("inf")))
-
-
-_UNSEEN = _Shared([], Body(b""), 0, 0)  # marks selectors not yet looked at in this batch
-
-
-@dataclass(eq=False, slots=True)
-class Subscription:
-    match: Matcher
-    limit: int
-    channel: SseChannel | None = None
-    queue: list[Item] = field(default_factory=list)  # taken whole by the sender; a list is 10x smaller than a deque
-    wakeup: Wakeup = field(default_factory=Wakeup)  # ~1 KiB smaller than an asyncio.Event
-    needs_reset: str | None = None  # the reason of a pending reset
-    floor: int = 0  # nothing at or below this revision is sent any more
-    selectors: tuple[str, ...] = ()  # what ``match`` was built from: equal selectors share a selection
-
-    def selection(self, items: Sequence[Item]) -> list[Item]:
-        """The items this subscriber is to get (its namespaces, above its floor)."""
-        return [i for i in items if self.match(i.ns) and (isinstance(i, InvalidNotice) or i.revision > self.floor)]
-
-    def writable_channel(self) -> SseChannel | None:
-        """The channel, if nothing is waiting to go before new items (they may be written directly)."""
-        return self.channel if not self.queue and self.needs_reset is None else None
-
-    def offer(self, matching: list[Item]) -> bool:
-        """Queue ``matching``; on overflow drop the backlog and ask for a reset (returns False)."""
-        if len(self.queue) + len(matching) > self.limit:
-            self.reset(QUEUE_OVERFLOW)
-            return False
-        self.queue.extend(matching)
-        self.wakeup.set()
-        return True
-
-    def reset(self, reason: str) -> None:
-        """Drop the backlog; the next thing sent is a reset (a backwards reason wins over overflow)."""
-        self.queue.clear()
-        if self.needs_reset is None or reason in BACKWARDS:
-            self.needs_reset = reason
-        self.wakeup.set()
+log = logging.getLogger("configcenter.hub")
 
 
 class Hub:
     """Owns the subscriptions; ``stream()`` is the aiohttp handler body for ``GET /v1/watch``."""
 
     def __init__(self, mirror: Mirror, metrics: Metrics, *, queue_size: int, progress_interval: float,
-                 detach: Callable[[Any, Any], bool] | None = None) -> None:
+                 detach: Callable[[Any, Any], bool] | None = None, limits: Limits | None = None) -> None:
         """``detach(transport, stream)``: take a connection from aiohttp once its stream is set up
-        (``listener.ConnectionGuard.detach``; None: every stream keeps its task)."""
+        (``listener.ConnectionGuard.detach``; None: every stream keeps its task).  ``limits``: the
+        per-client caps and the drain deadline (default: ``Limits()``)."""
+        limits = limits or Limits()
+        self._admission = StreamAdmission(limits.max_streams_per_address, limits.max_streams_per_principal,
+                                          metrics, retry_after=progress_interval)
+        self._drain_timeout = limits.drain_timeout
         self._mirror = mirror
         self._detach = detach
         self._detached = DetachedStreams(self, progress_interval)
@@ -210,15 +155,15 @@ class Hub:
         """Deliver ``items`` (whole transactions) to every subscriber: directly or via its queue.
 
         Subscribers with the same selectors share one selection, one encoding and one framing
-        (a ``_Shared``); a subscriber whose floor reaches into the selection, or that cannot be
+        (a ``Shared``); a subscriber whose floor reaches into the selection, or that cannot be
         written to now, takes the per-subscriber path (``_deliver_one``).
         """
-        shared: dict[tuple[str, ...], _Shared | None] = {}
+        shared: dict[tuple[str, ...], Shared | None] = {}
         direct: Counter[int] = Counter()  # id(item) -> subscribers written to on the per-subscriber path
         for sub in self.subscriptions:
-            group = shared.get(sub.selectors, _UNSEEN)
-            if group is _UNSEEN:
-                group = shared[sub.selectors] = _Shared.of(sub.match, items)
+            group = shared.get(sub.selectors, UNSEEN)
+            if group is UNSEEN:
+                group = shared[sub.selectors] = Shared.of(sub.match, items)
             if group is None:
                 continue
             channel = sub.writable_channel() if sub.floor < group.lowest else None
@@ -241,7 +186,7 @@ class Hub:
             return
         channel = sub.writable_channel()
         if channel is not None and channel.try_write(Body(sse_frames(selected))):
-            sub.floor = max(sub.floor, _top_revision(selected))
+            sub.floor = max(sub.floor, top_revision(selected))
             for item in selected:
                 written[id(item)] += 1
         elif not sub.offer(selected):
@@ -249,42 +194,83 @@ class Hub:
 
     async def stream(self, request: web.Request, selectors: list[str],
                      since: ResumePoint | None) -> web.StreamResponse:
-        """Serve one subscription until the client goes; 503 ``EtcdUnavailableError`` if the mirror never listed."""
+        """Serve one subscription until the client goes; 503 ``EtcdUnavailableError`` if the mirror never
+        listed, 429 ``TooManyRequestsError`` past a per-client cap."""
         await self._wait_ready()
+        info = request_info(request)
+        ticket = self._admission.admit(info.client, info.principal)
         resp = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
         })
-        channel = await SseChannel.open(request, resp)
+        try:
+            opened = await self._open(request, resp, since)
+        except BaseException:
+            self._admission.release(ticket)
+            raise
+        if opened is None:
+            self._admission.release(ticket)
+            return resp
+        channel, etcd_revision = opened
+        key = tuple(selectors)
+        sub = Subscription(self._matcher(key), self._queue_size, channel, selectors=key, ticket=ticket)
+        self.subscriptions.add(sub)  # from here to the catch-up frame nothing awaits: no gap, no duplicate
+        self._metrics.set("configcenter_subscribers", len(self.subscriptions))
+        await self._serve(sub, channel, since, etcd_revision)
+        return resp
+
+    async def _open(self, request: web.Request, resp: web.StreamResponse,
+                    since: ResumePoint | None) -> tuple[SseChannel, int | None] | None:
+        """The head sent, and etcd's revision if ``since`` needs it; None if the client hung up first."""
+        try:
+            channel = await SseChannel.open(request, resp, drain_timeout=self._drain_timeout)
+        except ConnectionError:  # aiohttp's ClientConnectionResetError included
+            self.client_left(request, "before its stream's head was written")
+            return None
         etcd_revision = None
         if since is not None and since.cluster_id in (None, self._mirror.cluster_id):
             etcd_revision = await self._mirror.etcd_revision_for(since.revision, PROBE_TIMEOUT)
-        key = tuple(selectors)
-        sub = Subscription(self._matcher(key), self._queue_size, channel, selectors=key)
-        self.subscriptions.add(sub)  # from here to the catch-up frame nothing awaits: no gap, no duplicate
-        self._metrics.set("configcenter_subscribers", len(self.subscriptions))
+        return channel, etcd_revision
+
+    async def _serve(self, sub: Subscription, channel: SseChannel, since: ResumePoint | None,
+                     etcd_revision: int | None) -> None:
+        """The catch-up, then the stream: detached (``_detached``) or from this task until the client goes."""
         detached = False
         try:
             await channel.write(self._catch_up(sub, since, etcd_revision))
             if self._detach is not None and not self._closing:
                 detached = self._detached.adopt(sub, self._detach)
                 if detached:  # served from ``_detached`` from here; aiohttp has let go of the connection
-                    return resp
+                    return
             while not self._closing:
                 # idle here, in this frame: what an idle subscriber's task holds is paid per connection
                 await sub.wakeup.wait(self._progress_interval)
                 if not self._closing:
                     await self._send_pending(sub, channel)
-        except (ConnectionResetError, ConnectionError):
+        except Stalled:
+            self.note_stalled()
+        except ConnectionError:
             pass
         finally:
             if not detached:
                 self.forget(sub)
-        return resp
 
     def forget(self, sub: Subscription) -> None:
         """``sub``'s client is gone."""
-        self.subscriptions.discard(sub)
+        if sub in self.subscriptions:
+            self.subscriptions.discard(sub)
+            self._admission.release(sub.ticket)
         self._metrics.set("configcenter_subscribers", len(self.subscriptions))
+
+    def note_stalled(self) -> None:
+        """A stream's connection was aborted for leaving written bytes unread (``SseChannel.stalled``)."""
+        self._metrics.inc("configcenter_streams_stalled_total")
+        log.info("closed a watch stream whose client left written bytes unread for %.1fs (limits.drain_timeout)",
+                 self._drain_timeout)
+
+    def client_left(self, request: web.Request, when: str) -> None:
+        """A client hung up ``when``: a normal event, counted and logged at info (never as an error)."""
+        self._metrics.inc("configcenter_client_disconnects_total")
+        log.info("client %s left %s %s %s", request_info(request).client or "?", request.method, request.path, when)
 
     @property
     def applied_revision(self) -> int:
@@ -310,7 +296,7 @@ class Hub:
                 if replay:
                     sub.floor = replay[-1].revision
                 return frames or self._progress_frame(sub)
-            reason = RING_EXPIRED
+            reason = self._mirror.ring.floor_reason  # ring_expired, or compacted / resynced (mirror._resync)
         return self._reset_frame(sub, reason or NO_RESUME_POINT)
 
     def _reset_reason(self, since: ResumePoint | None, etcd_revision: int | None) -> str | None:
@@ -355,7 +341,7 @@ class Hub:
         return sse_frames(items)
 
     def _after_send(self, sub: Subscription, items: list[Item]) -> None:
-        sub.floor = max(sub.floor, _top_revision(items))
+        sub.floor = max(sub.floor, top_revision(items))
         self._count_sent([(i, 1) for i in items])
 
     def _count_sent(self, counts: list[tuple[Item, int]]) -> None:
@@ -387,7 +373,3 @@ class Hub:
         data = orjson.dumps({"revision": revision, "stale": stale > 0, "stale_seconds": stale})
         return b"id: %s\nevent: progress\ndata: %s\n\n" % (event_id(self._mirror.cluster_id, revision), data)
 
-
-def _top_revision(items: Sequence[Item]) -> int:
-    """The highest change revision among ``items`` (0 if only notices)."""
-    return max((i.revision for i in items if isinstance(i, Change)), default=0)

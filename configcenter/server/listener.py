@@ -15,7 +15,8 @@ connection's protocol in ``_GuardedProtocol``, which
   has no deadline here, so SSE streams live as long as they like.
 
 TLS is passed through: the guard wraps the application protocol, after the
-handshake.
+handshake (which must finish within ``header_timeout`` too).  TLS connections share one
+read buffer (``_tls_listener``) instead of asyncio's 256 KiB each.
 
 ``detach`` hands a connection over from aiohttp to an event stream once the
 response head is out (``_detached``): aiohttp is told the connection is gone
@@ -35,6 +36,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ._tls_listener import tls_protocol_factory
 from .metrics import Metrics
 
 log = logging.getLogger("configcenter.listener")
@@ -187,7 +189,15 @@ class GuardedSite(web.TCPSite):
         await web.BaseSite.start(self)  # registers the site with its runner
         server = self._runner.server
         assert server is not None
+        factory, context = self._guard.wrap(server), self._ssl_context
+        tls: dict[str, Any] = {}
+        if context is not None:
+            lean = tls_protocol_factory(factory, context, handshake_timeout=self._guard.header_timeout)
+            if lean is not None:  # TLS without a read buffer per connection (_tls_listener)
+                factory, context = lean, None
+            else:
+                tls = {"ssl_handshake_timeout": self._guard.header_timeout}
         self._server = await asyncio.get_running_loop().create_server(
-            self._guard.wrap(server), self._host, self._port, ssl=self._ssl_context,
+            factory, self._host, self._port, ssl=context, **tls,
             backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port,
         )

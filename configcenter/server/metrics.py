@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -23,6 +23,9 @@ _HELP = {
     "configcenter_watch_reconnects_total": ("counter", "times the mirror lost its etcd watch and reconnected"),
     "configcenter_mirror_resyncs_total": ("counter", "full re-lists after etcd compacted the resume point"),
     "configcenter_mirror_diverged_total": ("counter", "etcd went back (restore) or changed cluster: state replaced"),
+    "configcenter_mirror_drift_total": ("counter", "state differed from etcd at the applied revision: re-listed"),
+    "configcenter_mirror_ring_truncated_total": ("counter", "re-lists whose missed window could not be replayed "
+                                                 "from history: ring floor raised, older resume points reset"),
     "configcenter_mirror_deduped_total": ("counter", "replayed watch events dropped (revision <= applied)"),
     "configcenter_progress_unverified_total": ("counter", "etcd progress notifications not trusted (events pending)"),
     "configcenter_invalid_records_total": ("counter", "records in etcd that are not valid configcenter records"),
@@ -33,6 +36,12 @@ _HELP = {
     "configcenter_open_connections": ("gauge", "open client connections (SSE streams included)"),
     "configcenter_connections_refused_total": ("counter", "connections refused at limits.max_connections"),
     "configcenter_header_timeouts_total": ("counter", "connections closed: request headers incomplete in time"),
+    "configcenter_streams_refused_total": ("counter", "watch streams refused 429: the client's address or token "
+                                           "at limits.max_streams_per_address / max_streams_per_principal"),
+    "configcenter_streams_stalled_total": ("counter", "watch streams closed: the client left what was written to "
+                                           "it (a catch-up included) unread for limits.drain_timeout"),
+    "configcenter_client_disconnects_total": ("counter", "requests whose client hung up before the answer was "
+                                              "written (a normal event, logged at info)"),
     "configcenter_auth_failures_total": ("counter", "requests refused 401: bad Authorization, unknown or no token"),
     "configcenter_auth_denied_total": ("counter", "requests refused 403: the token's role or scope does not allow it"),
     "configcenter_propagation_seconds": ("histogram", "commit (server clock) to change event written to a subscriber"),
@@ -78,15 +87,24 @@ class Metrics:
     def observe_ack(self, seconds: float) -> None:
         self._ack.observe_propagation(seconds)
 
-    def render(self) -> bytes:
-        """The exposition text of these metrics and the process's (``generate_latest``)."""
+    def render(self, visible: Callable[[str], bool] | None = None) -> bytes:
+        """The exposition text of these metrics and the process's (``generate_latest``).
+
+        ``visible``: which label values of the labelled families (all named by namespace) to include,
+        for a caller whose token is scoped (``api.metrics``); None: all.
+        """
+        if visible is not None:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_Families(self, visible))
+            ProcessCollector(registry=registry)
+            return generate_latest(registry)
         if self._registry is None:
             self._registry = CollectorRegistry(auto_describe=False)
             self._registry.register(_Families(self))
             ProcessCollector(registry=self._registry)
         return generate_latest(self._registry)
 
-    def families(self) -> Iterator[Metric]:
+    def families(self, visible: Callable[[str], bool] | None = None) -> Iterator[Metric]:
         for name, (kind, text) in _HELP.items():
             if kind == "histogram":
                 source = self._ack if name == "configcenter_rollout_ack_seconds" else self
@@ -95,7 +113,8 @@ class Metrics:
                 label, values = self.series[name]
                 family = GaugeMetricFamily(name, text, labels=[label])
                 for key, value in sorted(values.items()):
-                    family.add_metric([key], value)
+                    if visible is None or visible(key):
+                        family.add_metric([key], value)
                 yield family
             elif kind == "counter":
                 yield CounterMetricFamily(name, text, value=self.values.get(name, 0))
@@ -113,8 +132,9 @@ class Metrics:
 class _Families(Collector):
     """What a scrape reads from a ``Metrics`` (registered in its own registry)."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, visible: Callable[[str], bool] | None = None) -> None:
         self._metrics = metrics
+        self._visible = visible
 
     def collect(self) -> Iterator[Metric]:
-        return self._metrics.families()
+        return self._metrics.families(self._visible)

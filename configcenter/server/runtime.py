@@ -8,9 +8,7 @@ is down serves ``/healthz``, reports not ready, and catches up when etcd comes.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -23,13 +21,14 @@ from ..codec import ParseLimits
 from ..errors import ConflictError, EtcdUnavailableError, NotFoundError
 from ..model import Release
 from . import etcd as _etcd
+from .admission import Admission
 from .auth import TokenAuth
 from .hub import Hub
 from .instances import InstanceRegistry
 from .listener import ConnectionGuard
 from .metrics import Metrics
 from .mirror import Mirror
-from .settings import Settings
+from .settings import Settings, exposure_warnings
 from .store import Store
 
 T = TypeVar("T")
@@ -49,17 +48,21 @@ class Runtime:
         self.connections = ConnectionGuard(settings.limits.max_connections, settings.limits.header_timeout,
                                            self.metrics)
         self.hub = Hub(self.mirror, self.metrics, queue_size=settings.limits.subscriber_queue,
-                       progress_interval=settings.watch.progress_interval, detach=self.connections.detach)
+                       progress_interval=settings.watch.progress_interval, detach=self.connections.detach,
+                       limits=settings.limits)
         self._tables: dict[str, RouteTable] = {}
         self.parse_limits = ParseLimits(settings.limits.max_doc_bytes, settings.limits.max_depth)
-        # (ns, from, to) -> diff body: revisions are immutable, so a diff never goes stale
-        self.diffs: LRUCache[tuple[str, int, int], dict[str, Any]] = LRUCache(maxsize=16)
+        # (ns, from, to) -> encoded diff body (small ones only: api.DIFF_CACHE_BYTES): revisions are immutable
+        self.diffs: LRUCache[tuple[str, int, int], bytes] = LRUCache(maxsize=16)
         # caches keyed by revision hold only while revisions are unique: a restored or another
         # etcd cluster reuses them for other content, so a mirror reset drops both
         self.mirror.reset_listeners.append(self._forget_revision_keyed_caches)
-        self._cpu = ThreadPoolExecutor(settings.limits.cpu_workers, thread_name_prefix="configcenter-cpu")
+        limits = settings.limits
+        self.admission = Admission(limits.cpu_workers, limits.write_queue, limits.read_cpu_workers, limits.read_queue)
         self.instances = InstanceRegistry(self.client, layout.prefix, settings.watch.instance_ttl, self.metrics,
-                                          timeout=settings.watch.etcd_timeout, releases=lambda: self.mirror.state)
+                                          timeout=settings.watch.etcd_timeout, releases=lambda: self.mirror.state,
+                                          caps=(settings.limits.max_instances,
+                                                settings.limits.max_instances_per_client))
         self._instance_metrics: asyncio.Task[Any] | None = None
 
     def _forget_revision_keyed_caches(self, _reason: str) -> None:
@@ -77,16 +80,19 @@ class Runtime:
         await self.instances.close()
         await self.mirror.stop()
         await self.client.close()
-        self._cpu.shutdown(wait=False, cancel_futures=True)
+        self.admission.shutdown()
 
     async def offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run CPU-heavy request work (parse, validate, diff, compile) on the worker threads.
+        """Run CPU-heavy work of a write (parse, validate, schema checks) on the write lane's threads.
 
-        The event loop keeps serving ``/healthz`` and SSE streams meanwhile; at most
-        ``limits.cpu_workers`` such jobs run at once, the rest queue (FIFO).
+        The event loop keeps serving ``/healthz`` and SSE streams meanwhile.  Writes have their own
+        threads and queue (``admission.py``): reads never delay them; past the queue, 429.
         """
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._cpu, functools.partial(fn, *args, **kwargs))
+        return await self.admission.run("write", fn, *args, **kwargs)
+
+    async def offload_read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """The same on the read lane (route-evaluation bodies and compiles, diffs): 429 when it is full."""
+        return await self.admission.run("read", fn, *args, **kwargs)
 
     async def visible(self, revision: int) -> None:
         """Give the mirror a moment to apply our own write so a following read sees it."""
@@ -110,7 +116,7 @@ class Runtime:
         if cached is not None and cached.revision == release.revision:
             return cached
         try:
-            table = await self.offload(compile_table, release.doc, release.revision)
+            table = await self.offload_read(compile_table, release.doc, release.revision)
         except RouteTableError as exc:
             raise ConflictError(f"stored route table of {ns!r} does not compile: {exc}") from exc
         self._tables[ns] = table
@@ -129,16 +135,22 @@ class Runtime:
             headers["X-Configcenter-Stale"] = f"{stale:.3f}"
         return headers
 
-    def readiness(self) -> dict[str, Any]:
-        if self.mirror.ready.is_set() and self.mirror.connected:
-            return {"status": "ready", "etcd": "up", "revision": self.mirror.applied_revision}
-        return {
-            "status": "degraded" if self.mirror.ready.is_set() else "starting",
-            "etcd": "down", "revision": self.mirror.applied_revision,
-            "stale_seconds": round(self.mirror.stale_seconds(), 3),
-            "message": self.client.access_problem
-            or "etcd is unreachable: reads are served from the last view, writes are refused",
-        }
+    def readiness(self, *, details: bool = True) -> dict[str, Any]:
+        """``/readyz``: ``status`` (ready / degraded / starting), ``stale`` and the configuration's exposure
+        ``warnings`` (``settings.exposure_warnings``) for anyone; with ``details`` (a caller holding a token)
+        also etcd's state, the revision and what is wrong, which may name etcd users and key prefixes."""
+        ready = self.mirror.ready.is_set() and self.mirror.connected
+        status = "ready" if ready else "degraded" if self.mirror.ready.is_set() else "starting"
+        body: dict[str, Any] = {"status": status, "stale": self.mirror.stale_seconds() > 0,
+                                "warnings": list(exposure_warnings(self.settings))}
+        if not details:
+            return body
+        body.update(etcd="up" if ready else "down", revision=self.mirror.applied_revision)
+        if not ready:
+            body["stale_seconds"] = round(self.mirror.stale_seconds(), 3)
+            body["message"] = (self.client.access_problem
+                               or "etcd is unreachable: reads are served from the last view, writes are refused")
+        return body
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

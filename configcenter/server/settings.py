@@ -9,6 +9,7 @@ their content is checked when it is used (``server/tls.py``).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -34,7 +35,15 @@ class Limits:
     history_ring: int = 10_000
     header_timeout: float = 10.0  # seconds for a connection to deliver complete request headers
     max_connections: int = 16_384  # open client connections (SSE streams included); more are refused
-    cpu_workers: int = 2  # threads for parse / validate / diff / compile of request bodies
+    cpu_workers: int = 2  # threads for parse / validate of writes (push, rollback, schemas): admission.py
+    write_queue: int = 64  # writes waiting for those threads; more get 429 with Retry-After
+    read_cpu_workers: int = 1  # threads for route-evaluation bodies, route compiles and diffs (anonymous reach)
+    read_queue: int = 2  # such reads waiting (each may hold a body or two documents); more get 429
+    max_instances: int = 10_000  # live SDK instance records in etcd; new ones past it get 429 (instances.py)
+    max_instances_per_client: int = 1_000  # the same per token name, or per address (IPv6: per /64) without one
+    max_streams_per_address: int = 1_024  # open watch streams from one client address (IPv6: per /64); 429 past it
+    max_streams_per_principal: int = 4_096  # open watch streams of one token name; 429 past it
+    drain_timeout: float = 30.0  # seconds a stream's client may take to read what was written to it (hub.py)
 
 
 ETCD_MAX_REQUEST_BYTES = 1_572_864  # etcd's default --max-request-bytes (1.5 MiB)
@@ -114,6 +123,8 @@ class Settings:
     etcd_tls: EtcdTLS | None = None  # None: plain gRPC, unless an endpoint is https://
     etcd_auth: EtcdCredentials | None = None  # None: no etcd user (etcd authentication disabled)
     etcd_max_request_bytes: int = ETCD_MAX_REQUEST_BYTES  # etcd.max_request_bytes: etcd's --max-request-bytes
+    # etcd.allow_plaintext_credentials: accept sending etcd_auth over plaintext gRPC to a non-loopback etcd
+    etcd_allow_plaintext_credentials: bool = False
     workers: int = 1  # processes sharing the port (SO_REUSEPORT), each with its own mirror; 1: no supervisor
 
     def __post_init__(self) -> None:
@@ -187,7 +198,55 @@ def load_settings(
     settings = replace(settings, tls=_server_tls(data.get("tls") or {}, flags, env))
     _check_files(settings)
     check_record_fits(settings.limits, settings.etcd_max_request_bytes)
+    check_credentials_transport(settings)
     return settings
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name, IPv6 possibly in brackets) names this machine only."""
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _endpoint_host(endpoint: str) -> str:
+    rest = endpoint.split("://", 1)[-1]
+    return rest.rpartition(":")[0] if rest.rpartition(":")[2].isdigit() else rest
+
+
+def check_credentials_transport(settings: Settings) -> None:
+    """``ConfigError`` when an etcd user (``etcd.username``) would authenticate over plaintext gRPC to a
+    non-loopback etcd (no ``etcd.tls``, no https:// endpoint): its password and every auth token would
+    cross the network readable, unless the file opts in with ``etcd.allow_plaintext_credentials: true``."""
+    if settings.etcd_auth is None or settings.etcd_allow_plaintext_credentials or settings.etcd_tls is not None:
+        return
+    endpoints = settings.etcd_endpoints
+    if any(e.startswith("https://") for e in endpoints) or all(is_loopback(_endpoint_host(e)) for e in endpoints):
+        return
+    raise ConfigError(
+        f"etcd.username {settings.etcd_auth.username!r} would be sent over plaintext gRPC to "
+        f"{', '.join(endpoints)}: the password and etcd auth tokens would be readable on the network; use "
+        "https:// endpoints or etcd.tls, or set etcd.allow_plaintext_credentials: true to accept that")
+
+
+def exposure_warnings(settings: Settings) -> tuple[str, ...]:
+    """What this configuration exposes that an operator should know (logged by ``serve`` at start and
+    shown by ``/readyz``): anonymous reads and bearer tokens in plain HTTP on a non-loopback listen."""
+    if is_loopback(settings.host):
+        return ()
+    warnings = []
+    if not settings.read_requires_token:
+        warnings.append(f"reads are anonymous on the non-loopback address {settings.listen}: anyone who can reach "
+                        "it reads every namespace (auth.read_requires_token: true requires a token)")
+    if settings.tls is None and settings.tokens:
+        warnings.append(f"bearer tokens travel in plain HTTP to the non-loopback address {settings.listen}: anyone "
+                        "on the path can copy them (serve HTTPS with tls.cert_file/key_file, or terminate TLS "
+                        "in a proxy on the same host)")
+    return tuple(warnings)
 
 
 def _read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -213,7 +272,10 @@ def _from_mapping(data: dict[str, Any]) -> Settings:
         kwargs["host"], kwargs["port"] = parse_listen(str(data["listen"]))
     etcd = data.get("etcd") or {}
     _reject_unknown("etcd", etcd, {"endpoints", "prefix", "tls", "username", "password", "password_file",
-                                   "max_request_bytes"})
+                                   "max_request_bytes", "allow_plaintext_credentials"})
+    if "allow_plaintext_credentials" in etcd:
+        kwargs["etcd_allow_plaintext_credentials"] = _bool("etcd.allow_plaintext_credentials",
+                                                           etcd["allow_plaintext_credentials"])
     if "max_request_bytes" in etcd:
         kwargs["etcd_max_request_bytes"] = _positive_int("etcd.max_request_bytes", etcd["max_request_bytes"])
     if "endpoints" in etcd:
@@ -272,6 +334,12 @@ def _etcd_credentials(etcd: dict[str, Any]) -> EtcdCredentials | None:
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name} must be a positive integer (bytes), got {value!r}")
+    return value
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
     return value
 
 

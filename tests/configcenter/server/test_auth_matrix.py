@@ -29,7 +29,8 @@ def table(cluster: str) -> dict[str, Any]:
 
 
 ROLES = ["reader", "writer", "admin", "unknown", "none"]
-ENDPOINTS = ["get", "list", "history", "diff", "route", "watch", "push", "rollback", "delete"]  # writes last
+ENDPOINTS = ["get", "list", "history", "diff", "route", "watch", "instances", "rollout",
+             "push", "rollback", "delete"]  # writes last
 NEEDS = {"push": "writer", "rollback": "writer", "delete": "admin"}
 RANK = ["reader", "writer", "admin"]
 SCOPED_ROLES = ("reader", "writer", "admin")  # the roles whose tokens are scoped to in/
@@ -72,6 +73,8 @@ async def attempt(http: aiohttp.ClientSession, server: RunningServer, endpoint: 
         "diff": ("GET", f"{base}/{ns}/diff?from={revisions[0]}&to={revisions[1]}", {}),
         "route": ("POST", f"{base}/{ns}/route", {"json": {"headers": {}}}),
         "watch": ("GET", f"{server.url}/v1/watch?ns={ns}", {}),
+        "instances": ("GET", f"{server.url}/v1/instances?ns={ns}", {}),  # ns is scope-checked like a read
+        "rollout": ("GET", f"{base}/{ns}/rollout", {}),
         "push": ("PUT", f"{base}/{ns}", {"json": envelope(table("c"), "routes")}),
         "rollback": ("POST", f"{base}/{ns}/rollback", {"json": {"to_revision": revisions[0]}}),
         "delete": ("DELETE", f"{base}/{ns}", {}),
@@ -155,7 +158,7 @@ async def test_failures_and_denials_are_counted(make_server: Any, http: aiohttp.
             assert resp.status == 401
     async with http.put(url, json=envelope({}), headers=server.auth(TOKENS["reader"])) as resp:
         assert resp.status == 403
-    async with http.get(f"{server.url}/metrics") as resp:
+    async with http.get(f"{server.url}/metrics", headers=server.auth(ROOT)) as resp:  # reads need a token here
         metrics = dict(line.split(" ") for line in (await resp.text()).splitlines() if not line.startswith("#"))
     assert float(metrics["configcenter_auth_failures_total"]) == 3
     assert float(metrics["configcenter_auth_denied_total"]) == 1

@@ -191,6 +191,9 @@ ROWS = [
     Row("schema-write-with-reader-token", "PUT", f"{SCHEMAS}/a/", 403, "forbidden", js({"schema": {}}),
         token=READER),
     Row("schema-delete-unknown", "DELETE", f"{SCHEMAS}/never/", 404, "not_found"),
+    # --- issue 16 row 3: a path per container made this 180 KB body cost +2.3 GB (test_hostile_memory.py)
+    Row("route-body-long-key-many-containers", "POST", f"{NS}/seed/routes/route", 400, "invalid_body",
+        js({"k" * 60_000: [[]] * 40_000}), token=None, settings={"limits": Limits()}),
 ]
 
 
