@@ -23,6 +23,8 @@ from typing import Any
 import re2
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError, ValidationError
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
 
 from .errors import InvalidNamespaceError, SchemaViolationError
 from .model import validate_namespace, validate_prefix
@@ -31,6 +33,7 @@ from .validation import first_errors, violation
 MAX_VIOLATIONS = 20
 _REF_KEYS = ("$ref", "$dynamicRef")
 _UNUSABLE = "the schema cannot be evaluated"
+_SCHEMA_URI = "urn:configcenter:schema"  # the base a schema's local refs ("#/$defs/x") resolve against
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # RE2 would print every refused pattern to stderr
 _RE2_OPTIONS.max_mem = 8 << 20
@@ -144,16 +147,24 @@ def _regex_problems(where: list[Any], node: dict[str, Any]) -> list[dict[str, st
     return problems
 
 
+def _local_resolver(schema: dict[str, Any]) -> Any:
+    """A resolver of ``schema``'s own references, through ``referencing``'s public API: a registry
+    holding only this schema (Draft 2020-12) and no retrieval, so nothing outside it resolves."""
+    resource = DRAFT202012.create_resource(schema)
+    return Registry().with_resource(_SCHEMA_URI, resource).resolver(base_uri=_SCHEMA_URI)
+
+
 def check_schema(schema: Any, target: str = "") -> Any:
     """A validator for ``schema``; ``SchemaViolationError`` (422) naming the schema's bad paths."""
     problems = _schema_problems(schema)
     if not problems and isinstance(schema, dict):
         validator = SchemaValidator(schema)
+        resolver = _local_resolver(schema)
         try:  # resolve every local ref once now, so a dangling one is refused here and not at push time
             for _, node in _walk(schema):
                 for key in _REF_KEYS:
                     if isinstance(node.get(key), str):
-                        validator._resolver.lookup(node[key])
+                        resolver.lookup(node[key])
         except Exception as exc:  # referencing.exceptions.Unresolvable and friends
             problems = [{"path": "$", "message": f"unresolvable reference: {exc}"}]
         else:

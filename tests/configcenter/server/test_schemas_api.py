@@ -59,6 +59,19 @@ async def test_prefix_schema_validates_config_pushes(server: RunningServer, http
     assert status == 201
 
 
+async def test_a_schema_with_valid_local_refs_is_accepted_and_enforced(server: RunningServer,
+                                                                      http: aiohttp.ClientSession) -> None:
+    """Local ``$ref``s (JSON pointer and ``$anchor``) resolve through ``referencing``'s public API."""
+    schema = {"$defs": {"port": {"type": "integer", "minimum": 1}, "name": {"$anchor": "name", "type": "string"}},
+              "type": "object", "properties": {"port": {"$ref": "#/$defs/port"}, "owner": {"$ref": "#name"}}}
+    status, body = await put_schema(http, server, "refs/", schema)
+    assert status == 201, body
+    assert (await push(http, server, "refs/ok", {"port": 8080, "owner": "team"}))[0] == 201
+    status, body = await push(http, server, "refs/bad", {"port": 0, "owner": 5})
+    assert status == 422
+    assert [v["path"] for v in body["error"]["details"]["violations"]] == ["$.owner", "$.port"]
+
+
 async def test_most_specific_schema_wins(server: RunningServer, http: aiohttp.ClientSession) -> None:
     assert (await put_schema(http, server, "orders/", ORDERS))[0] == 201
     loose = {"type": "object", "properties": {"debug": {"type": "boolean"}}}
