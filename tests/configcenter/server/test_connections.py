@@ -1,16 +1,26 @@
-"""The listener's guard on real sockets: header deadline, connection cap, SSE streams untouched."""
+"""The listener's guard on real sockets: header deadline, connection cap, SSE streams untouched.
+
+Also the per-client stream caps (429 past ``limits.max_streams_per_address`` / ``_per_principal``),
+the drain deadline (a client that never reads its catch-up is cut, its buffer dropped) and a client
+hanging up before its stream's head is written (counted, never logged as an error).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+import struct
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from configcenter.server.settings import Limits
-from helpers import RunningServer, SSEStream, eventually
+from helpers import READER, WRITER, RunningServer, SSEStream, eventually
 
 ROUTES = {"service": "payment", "rules": [], "default": {"cluster": "stable"}}
 ServerFactory = Any
@@ -130,6 +140,119 @@ async def test_an_idle_stream_leaves_aiohttp_and_is_still_served_and_counted(
         progress = await stream.until(lambda e: e.event == "progress", timeout=3)
         assert asyncio.get_running_loop().time() - started < 1.5 and progress[-1].id == pushed.revision
     await eventually(lambda: not server.runtime.hub.subscriptions and server.runtime.connections.open == 0)
+
+
+WATCH = b"GET /v1/watch?ns=big/ HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+async def test_streams_past_the_per_address_cap_are_refused_with_429_and_retry_after(
+        make_server: ServerFactory, http: aiohttp.ClientSession) -> None:
+    server = await make_server(limits=_limits(max_streams_per_address=2))
+    url = f"{server.url}/v1/watch?ns=payment/"
+    async with http.get(url) as first, http.get(url, headers=server.auth(READER)) as second:
+        assert (first.status, second.status) == (200, 200)
+        async with http.get(url, headers=server.auth(WRITER)) as third:  # the address is full, token or not
+            assert third.status == 429 and int(third.headers["Retry-After"]) >= 1
+            error = (await third.json())["error"]
+            assert error["code"] == "too_many_requests" and error["details"]["limit"] == "max_streams_per_address"
+        assert server.runtime.metrics.values["configcenter_streams_refused_total"] == 1
+        assert (await SSEStream(second).next()).event == "reset"  # the admitted ones are untouched
+    await eventually(lambda: not server.runtime.hub.subscriptions)
+    async with http.get(url) as again:  # the places were given back
+        assert again.status == 200
+
+
+async def test_streams_past_the_per_principal_cap_are_refused_but_other_clients_are_not(
+        make_server: ServerFactory, http: aiohttp.ClientSession) -> None:
+    server = await make_server(limits=_limits(max_streams_per_principal=1))
+    url = f"{server.url}/v1/watch?ns=payment/"
+    async with http.get(url, headers=server.auth(READER)) as first:
+        assert first.status == 200
+        async with http.get(url, headers=server.auth(READER)) as second:
+            assert second.status == 429 and "Retry-After" in second.headers
+            assert (await second.json())["error"]["details"]["limit"] == "max_streams_per_principal"
+        async with http.get(url, headers=server.auth(WRITER)) as other, http.get(url) as anonymous:
+            assert (other.status, anonymous.status) == (200, 200)
+
+
+async def test_a_client_that_never_reads_its_catch_up_is_cut_after_the_drain_timeout(
+        make_server: ServerFactory) -> None:
+    """The reset is larger than the kernel's socket buffers can hold, so it stays in the server's memory
+    while the client reads nothing; after ``drain_timeout`` the connection is aborted and that memory is
+    released (the transport's buffer emptied, the subscription and its connection gone)."""
+    server = await make_server(limits=_limits(drain_timeout=0.5, header_timeout=30))
+    await _push_big(server, _kernel_buffers() + 1_048_576)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (server.settings.host, server.settings.port))
+    await asyncio.get_running_loop().sock_sendall(sock, WATCH)
+    hub = server.runtime.hub
+    subs = await eventually(lambda: list(hub.subscriptions))
+    channel = subs[0].channel
+    assert channel is not None
+    transport = channel.transport
+    await eventually(lambda: transport.get_write_buffer_size() > 1_048_576)  # pinned in the server
+    started = asyncio.get_running_loop().time()
+    await eventually(lambda: not hub.subscriptions and server.runtime.connections.open == 0, timeout=10)
+    assert asyncio.get_running_loop().time() - started < 5
+    assert transport.get_write_buffer_size() == 0 and transport.is_closing()
+    assert server.runtime.metrics.values["configcenter_streams_stalled_total"] == 1
+    sock.close()
+
+
+async def test_a_client_that_reads_its_catch_up_within_the_deadline_is_not_cut(
+        make_server: ServerFactory) -> None:
+    server = await make_server(limits=_limits(drain_timeout=3.0))
+    total = _kernel_buffers() + 1_048_576
+    await _push_big(server, total)
+    reader, writer = await open_raw(server)
+    writer.write(WATCH)
+    received = 0
+    while received < total:  # 64 KiB per 10 ms: the catch-up leaves the server over a second or so
+        received += len(await asyncio.wait_for(reader.read(65536), 10))
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.5)
+    assert server.runtime.metrics.values["configcenter_streams_stalled_total"] == 0
+    assert len(server.runtime.hub.subscriptions) == 1
+    writer.close()
+
+
+async def test_a_client_hanging_up_before_its_stream_head_is_counted_not_logged_as_an_error(
+        make_server: ServerFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """The request and a TCP reset arrive together: the handler finds the connection gone when it
+    writes the head (aiohttp's ClientConnectionResetError from ``resp.prepare``)."""
+    server = await make_server()
+    caplog.set_level(logging.INFO)
+    for _ in range(40):
+        _, writer = await open_raw(server)
+        writer.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close() sends a reset
+        writer.write(b"GET /v1/watch?ns=payment/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        writer.transport.abort()
+        await asyncio.sleep(0.005)
+    await eventually(lambda: server.runtime.connections.open == 0 and not server.runtime.hub.subscriptions)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+    assert server.runtime.metrics.values["configcenter_client_disconnects_total"] >= 1
+    assert any("left GET /v1/watch" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO)
+
+
+def _kernel_buffers() -> int:
+    """The most a socket's send buffer can grow to here (``tcp_wmem``'s maximum)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, IndexError, ValueError):
+        return 4 * 1024 * 1024
+
+
+async def _push_big(server: RunningServer, total: int) -> None:
+    """Documents under ``big/`` adding up to at least ``total`` bytes (the catch-up of ``WATCH``)."""
+    size = 400_000
+    for i in range(total // size + 1):
+        await server.runtime.store.push(f"big/n{i}", "config", {"blob": "x" * size})
+    await eventually(lambda: len(server.runtime.mirror.state) >= total // size + 1)
 
 
 def _limits(**overrides: float) -> Limits:

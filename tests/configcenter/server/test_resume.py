@@ -305,3 +305,45 @@ async def test_cli_watch_resumes_with_the_full_id(
     lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(e["event"], e["data"].get("ns"), e["data"].get("reason")) for e in lines] == [
         ("change", "cli/b", None), ("reset", None, "cluster_changed"), ("change", "cli/c", None)]
+
+
+async def test_an_sdk_cut_for_not_reading_resumes_with_last_event_id_and_gets_everything(
+    make_server: Any,
+) -> None:
+    """The SDK's thread stops reading (a callback blocks it) while more than the kernel's socket buffers
+    hold is published: the server aborts the stream after ``drain_timeout`` (memory released); once the
+    SDK reads again it reconnects with ``Last-Event-ID`` and ends with every change, none lost."""
+    import threading
+    from pathlib import Path
+
+    from configcenter_sdk.sync import SyncConfigClient
+
+    server = await make_server(limits=Limits(max_body_bytes=64 * 1024, subscriber_queue=256, history_ring=1000,
+                                             drain_timeout=0.5))
+    release, seen = threading.Event(), set()
+
+    def on_change(ns: str, doc: Any, revision: int) -> None:
+        seen.add((ns, revision))
+        if ns == "cut/block":
+            release.wait(30)  # the SDK's loop, and its reading, stop here
+
+    client = SyncConfigClient([server.url], ["cut/"], backoff_max=0.3, idle_timeout=5, report=False)
+    client.on_change(None, on_change)
+    await asyncio.to_thread(client.start)
+    try:
+        pushed = {("cut/block", (await server.runtime.store.push("cut/block", "config", {"v": 1})).revision)}
+        await eventually(lambda: ("cut/block", min(r for _, r in pushed)) in seen)
+        size, total = 400_000, int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2]) + 1_048_576
+        for i in range(total // size + 1):
+            release_ = await server.runtime.store.push(f"cut/big{i}", "config", {"blob": chr(97 + i) * size})
+            pushed.add((f"cut/big{i}", release_.revision))
+        await eventually(lambda: server.runtime.metrics.values["configcenter_streams_stalled_total"] >= 1, timeout=20)
+        assert not server.runtime.hub.subscriptions  # cut, its buffer dropped
+        release.set()
+        await eventually(lambda: pushed <= seen, timeout=20)
+        for i in range(total // size + 1):
+            assert (client.get(f"cut/big{i}") or {}).get("blob") == chr(97 + i) * size
+        assert server.runtime.metrics.values["configcenter_streams_stalled_total"] == 1
+    finally:
+        release.set()
+        await asyncio.to_thread(client.close)

@@ -12,6 +12,7 @@ import signal
 import ssl
 import subprocess
 import sys
+from asyncio import sslproto
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,10 @@ import pytest
 
 from configcenter.cli.embedded_etcd import EtcdCluster, free_port
 from configcenter.errors import ConfigError
+from configcenter.server import _tls_listener
 from configcenter.server.settings import ServerTLS, load_settings
 from configcenter.server.tls import server_ssl_context
-from helpers import WRITER, Certs, RunningServer, envelope
+from helpers import WRITER, Certs, RunningServer, SSEStream, envelope
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -183,3 +185,59 @@ def test_serve_with_a_key_not_matching_the_certificate_exits_2(certs: Certs) -> 
 
 def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("CONFIGCENTER_")}
+
+
+# ------------------------------------------------- TLS connections without a read buffer each (_tls_listener)
+
+
+def test_contract_asyncio_ssl_internals_the_listener_relies_on_are_still_there() -> None:
+    """Fails loudly when a Python upgrade changes ``asyncio.sslproto`` in a way ``_tls_listener`` relies on
+    (the server would still serve TLS, through the fallback, at 256 KiB per connection)."""
+    loop = asyncio.new_event_loop()
+    try:
+        assert _tls_listener.unsupported_reason(loop) is None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        stock = sslproto.SSLProtocol(loop, asyncio.Protocol(), context, None, True)
+        assert isinstance(stock._ssl_buffer, bytearray) and len(stock._ssl_buffer) == sslproto.SSLProtocol.max_size
+        assert stock.get_buffer(-1) is stock._ssl_buffer_view  # what the transport reads into
+        shared = bytearray(_tls_listener.READ_BUFFER)
+        lean = _tls_listener._SharedBufferSSLProtocol(shared, loop, asyncio.Protocol(), context, None, True)
+        assert lean.get_buffer(-1).obj is shared and lean._ssl_buffer is shared  # no buffer of its own
+        assert lean.get_buffer(10**9).obj is shared  # never re-allocated, whatever is asked
+    finally:
+        loop.close()
+    assert _tls_listener.unsupported_reason(_NotSelector()) is not None
+
+
+class _NotSelector(asyncio.AbstractEventLoop):
+    """Stands for a loop whose reads hold the buffer across callbacks (proactor, uvloop)."""
+
+
+async def test_tls_streams_share_one_read_buffer_and_work(
+    make_tls_server: Any, https: aiohttp.ClientSession,
+) -> None:
+    server: RunningServer = await make_tls_server()
+    url = f"{server.url}/v1/watch?ns=tls/"
+    async with https.get(url) as first, https.get(url) as second:
+        streams = [SSEStream(first), SSEStream(second)]
+        for stream in streams:
+            assert (await stream.next()).event == "reset"
+        buffers = {id(t._ssl_protocol._ssl_buffer) for t in server.runtime.connections._by_transport}
+        assert len(buffers) == 1  # every connection reads into the one shared buffer
+        pushed = await server.runtime.store.push("tls/app", "config", {"blob": "y" * 300_000})  # several records
+        for stream in streams:
+            change = (await stream.until(lambda e: e.event == "change"))[-1]
+            assert change.id == pushed.revision and change.data["doc"] == {"blob": "y" * 300_000}
+
+
+async def test_tls_without_the_internals_falls_back_to_asyncio_s_own_buffers(
+    make_tls_server: Any, https: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(_tls_listener, "unsupported_reason", lambda loop: "a changed asyncio (simulated)")
+    server: RunningServer = await make_tls_server()
+    async with https.get(f"{server.url}/v1/watch?ns=tls/") as resp:
+        assert (await SSEStream(resp).next()).event == "reset"
+        (transport,) = server.runtime.connections._by_transport
+        assert len(transport._ssl_protocol._ssl_buffer) == sslproto.SSLProtocol.max_size
+    assert "a changed asyncio (simulated)" in caplog.text
