@@ -226,7 +226,9 @@ async def main() -> None:
         etcd_pid = etcd.members[0].process.pid if etcd.members[0].process else 0
         for workers in args.workers:
             settings = Settings(port=free_port(), etcd_endpoints=tuple(etcd.endpoints), prefix=f"/bench-w{workers}/",
-                                tokens={TOKEN: "writer"}, limits=Limits(subscriber_queue=1024),
+                                tokens={TOKEN: "writer"}, limits=Limits(subscriber_queue=1024,
+                                              # every client is 127.0.0.1: the per-address cap must not apply
+                                              max_streams_per_address=4 * args.subscribers),
                                 watch=WatchTuning(progress_interval=5.0), workers=workers)
             async with running_server(settings) as (url, pid):
                 for procs in args.layouts:

@@ -382,13 +382,22 @@ def _trusted_proxies(items: Any) -> tuple[Network, ...]:
         raise ConfigError(f"auth.trusted_proxies: {exc}") from exc
 
 
+_MAY_BE_ZERO = frozenset({"write_queue", "read_queue"})  # no waiting room: refuse whatever finds no thread
+
+
 def _section(cls: Any, name: str, raw: dict[str, Any]) -> Any:
+    """One numeric section (``limits``, ``watch``): known keys only, every value a positive number."""
     known = {f.name: f.type for f in fields(cls)}
     _reject_unknown(name, raw, set(known))
     try:
-        return cls(**{k: (int(v) if known[k] == "int" else float(v)) for k, v in raw.items()})
+        values = {k: (int(v) if known[k] == "int" else float(v)) for k, v in raw.items()}
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name}: {exc}") from exc
+    for key, value in values.items():
+        if value < 0 or (value == 0 and key not in _MAY_BE_ZERO) or isinstance(raw[key], bool):
+            least = "0 or more" if key in _MAY_BE_ZERO else "a positive number"
+            raise ConfigError(f"{name}.{key} must be {least}, got {raw[key]!r}")
+    return cls(**values)
 
 
 def _reject_unknown(section: str, raw: Any, allowed: set[str]) -> None:
