@@ -20,9 +20,9 @@ import logging
 import grpc
 import grpc.aio
 from etcd3aio import Etcd3Client
-from etcd3aio._protobuf import Compare, rpc_pb2, rpc_pb2_grpc
 
 from ..errors import EtcdUnavailableError
+from ._etcd3aio import Compare, channel_of, rpc_pb2, rpc_pb2_grpc
 from .etcd import RequestStream, etcd_errors
 
 log = logging.getLogger("configcenter.instances")
@@ -86,9 +86,10 @@ class KeepAlives:
                 await self._task
 
     async def _run(self, requests: RequestStream) -> None:
-        channel = self._client._channel
-        if channel is None:
-            self._fail_all("etcd client is not connected")
+        try:
+            channel = channel_of(self._client)
+        except RuntimeError as exc:
+            self._fail_all(str(exc))
             return
         stream = rpc_pb2_grpc.LeaseStub(channel).LeaseKeepAlive(requests)
         try:

@@ -24,15 +24,18 @@ from typing import Any
 import grpc
 import grpc.aio
 from etcd3aio import Etcd3Client, EtcdError
-
-# etcd3aio exposes no progress requests on its watch helper, so the mirror
-# drives the Watch stream itself with the generated stubs it ships;
-# ConnectionManager is subclassed for our TLS material and interceptors.
-from etcd3aio._protobuf import rpc_pb2, rpc_pb2_grpc
-from etcd3aio.connections import ConnectionManager
 from etcd3aio.errors import EtcdPermissionDeniedError, EtcdUnauthenticatedError
 
 from ..errors import EtcdUnavailableError, PayloadTooLargeError
+from ._etcd3aio import (
+    ConnectionManager,
+    channel_of,
+    install_channel_factory,
+    raw_range,
+    rpc_pb2,
+    rpc_pb2_grpc,
+    verify_channel,
+)
 from ._etcd_auth import EtcdAccessError, TokenKeeper, token_interceptors
 from .keys import KeyLayout as KeyLayout  # re-exported: callers build keys through it
 from .settings import EtcdCredentials, EtcdTLS, Settings
@@ -104,15 +107,19 @@ class _Channels(ConnectionManager):
                              ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS)]
         self._tls = tls
         self._interceptors = list(interceptors) or None
+        self.built: grpc.aio.Channel | None = None  # the last channel made here (verify_channel checks it)
 
     def get_channel(self, ca_cert: bytes | None = None, cert_key: bytes | None = None,
                     cert_chain: bytes | None = None, tls_server_name: str | None = None) -> grpc.aio.Channel:
         """A new channel; the arguments of etcd3aio's signature are ignored (the material is ours)."""
         if self._tls is None:
-            return grpc.aio.insecure_channel(self.target, options=self.grpc_options, interceptors=self._interceptors)
+            self.built = grpc.aio.insecure_channel(self.target, options=self.grpc_options,
+                                                   interceptors=self._interceptors)
+            return self.built
         credentials = grpc.ssl_channel_credentials(self._tls.ca_cert, self._tls.cert_key, self._tls.cert_chain)
         options = [*self.grpc_options, ("grpc.ssl_target_name_override", self._tls.server_name)]
-        return grpc.aio.secure_channel(self.target, credentials, options=options, interceptors=self._interceptors)
+        self.built = grpc.aio.secure_channel(self.target, credentials, options=options, interceptors=self._interceptors)
+        return self.built
 
 
 class EtcdClient(Etcd3Client):
@@ -122,7 +129,8 @@ class EtcdClient(Etcd3Client):
                  keeper: TokenKeeper | None = None) -> None:
         super().__init__(list(endpoints), rpc_max_attempts=2, watch_reconnect_backoff_seconds=0.1)
         self.keeper = keeper
-        self._manager = _Channels(endpoints, tls, token_interceptors(keeper) if keeper else [])
+        self._channels = _Channels(endpoints, tls, token_interceptors(keeper) if keeper else [])
+        install_channel_factory(self, self._channels)  # refuses if etcd3aio moved its factory
 
     @property
     def access_problem(self) -> str | None:
@@ -130,7 +138,13 @@ class EtcdClient(Etcd3Client):
         return self.keeper.problem if self.keeper is not None else None
 
     async def connect(self) -> None:
+        """Open the channel; ``EtcdInternalsChanged`` (and nothing connected) if it is not ours."""
         await super().connect()
+        try:
+            verify_channel(self, self._channels.built)
+        except Exception:
+            await super().close()
+            raise
         if self.keeper is not None and self.auth is not None:
             self.keeper.start(self.auth)
 
@@ -165,10 +179,7 @@ def client_for(settings: Settings) -> EtcdClient:
 def watch_stub(client: Etcd3Client) -> rpc_pb2_grpc.WatchStub:
     """A raw Watch stub on the client's channel (see module note on progress requests); the
     channel's interceptor adds the auth token to its calls when an etcd user is configured."""
-    channel = client._channel
-    if channel is None:
-        raise RuntimeError("etcd client is not connected")
-    return rpc_pb2_grpc.WatchStub(channel)
+    return rpc_pb2_grpc.WatchStub(channel_of(client))
 
 
 async def read_range(kv: Any, start: bytes, end: bytes, *, revision: int = 0, timeout: float | None,
@@ -225,7 +236,7 @@ async def read_range_since(kv: Any, start: bytes, end: bytes, *, since: int, rev
         request = rpc_pb2.RangeRequest(key=key, range_end=end, revision=revision, limit=page,
                                        min_mod_revision=since)
         try:
-            resp = await kv._rpc(kv._stub.Range, request, operation="KV.Range", timeout=timeout)
+            resp = await raw_range(kv, request, timeout)
         except grpc.aio.AioRpcError as exc:
             if compacted(exc):
                 raise RevisionCompacted(f"revision {revision} of {start!r} is compacted") from exc

@@ -32,8 +32,8 @@ from typing import Any
 
 import orjson
 from etcd3aio import prefix_range_end
-from etcd3aio._protobuf import Compare
 
+from ._etcd3aio import Compare
 from .etcd import etcd_errors, read_range
 from .history import LayoutMarker
 from .keys import KeyLayout

@@ -27,11 +27,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 from etcd3aio import Etcd3Client, prefix_range_end
-from etcd3aio._protobuf import Compare
 
 from ..errors import ConflictError, NotFoundError, PreconditionFailedError
 from ..model import Origin, Release
 from ..schema_rules import check_schema, governing, validate_config, violations
+from ._etcd3aio import Compare
 from .etcd import etcd_errors, read_range
 from .runtime import RUNTIME
 

@@ -35,10 +35,10 @@ from typing import Any
 
 import orjson
 from etcd3aio import Etcd3Client, prefix_range_end
-from etcd3aio._protobuf import Compare, rpc_pb2
 
 from ..errors import ConflictError, NotFoundError, PayloadTooLargeError, PreconditionFailedError
 from ..model import Op, Origin, Release
+from ._etcd3aio import Compare, rpc_pb2
 from .etcd import KeyLayout, etcd_errors, read_range
 from .history import HistoryReader, LayoutMarker
 from .settings import ETCD_MAX_REQUEST_BYTES
