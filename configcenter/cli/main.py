@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from configcenter_sdk._tls import client_ssl_context
+from configcenter_sdk.tls import client_ssl_context
 
 from ..errors import ConfigCenterError
 from ..model import KINDS, validate_namespace, validate_prefix

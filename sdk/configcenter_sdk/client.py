@@ -75,11 +75,11 @@ from ._state import (
 )
 from ._state import namespace_matcher as _matcher
 from ._stream import StreamState
-from ._tls import client_ssl_context
 from .cache import CachedDoc, FallbackCache
 from .errors import BackendUnavailableError, EventTooLargeError, UnknownServiceError
 from .routing import RouteDecision
 from .snapshot import SnapshotStore
+from .tls import client_ssl_context
 
 __all__ = ["ClientStatus", "ConfigClient", "Mode", "NamespaceStatus"]
 

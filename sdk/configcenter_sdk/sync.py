@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import Future
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ._state import ChangeCallback, ErrorCallback
 from .client import ClientStatus, ConfigClient, Mode, ModeCallback
@@ -29,11 +29,22 @@ from .routing import RouteDecision
 __all__ = ["SyncConfigClient"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+
+def _signature_of(source: Callable[Concatenate[Any, P], None],
+                  ) -> Callable[[Callable[..., None]], Callable[Concatenate[Any, P], None]]:
+    """Give the decorated ``__init__`` the signature of ``source`` for type checkers (one list of
+    parameters, ``ConfigClient``'s; the wrapper forwards them unchanged)."""
+    def apply(init: Callable[..., None]) -> Callable[Concatenate[Any, P], None]:
+        return init
+    return apply
 
 
 class SyncConfigClient:
     """Same constructor arguments as :class:`ConfigClient`; see the module docstring."""
 
+    @_signature_of(ConfigClient.__init__)
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._args = args
         self._kwargs = kwargs
