@@ -4,7 +4,8 @@ One server process (``bench_fanout.serve``, default limits) on a real etcd.  Pha
 each: idle, then each attack.  During every phase one writer pushes a small JSON document back to
 back (its latencies give p50/p99); an attack is ``ATTACKERS`` anonymous clients repeating one request
 as fast as they are answered (429s included).  Peak RSS is the server process's ``VmHWM`` after
-resetting it at the start of the phase (``/proc/<pid>/clear_refs`` ← 5), minus its RSS then.
+resetting it at the start of the phase (``/proc/<pid>/clear_refs`` ← 5), minus its RSS then; the
+same for its read-lane worker process (route bodies and diffs run there), shown separately.
 """
 
 from __future__ import annotations
@@ -42,6 +43,30 @@ def reset_peak(pid: int) -> int:
         return rss(pid, "VmRSS")
     except OSError:
         return rss(pid, "VmHWM")
+
+
+def read_workers(parent: int) -> list[int]:
+    """The server's read-lane worker processes (``configcenter/server/_read_worker.py``)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if (b"configcenter.server._read_worker" in cmdline.read_bytes()
+                    and int((cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def peaks_since(baselines: dict[int, int]) -> int:
+    """Growth of the peaks of these processes (one that exited since: not counted)."""
+    total = 0
+    for pid, baseline in baselines.items():
+        try:
+            total += rss(pid, "VmHWM") - baseline
+        except OSError:
+            continue
+    return total
 
 
 def big_doc(marker: str) -> dict[str, Any]:
@@ -110,8 +135,9 @@ async def pusher(http: aiohttp.ClientSession, url: str, until: float) -> list[fl
 
 
 async def phase(url: str, pid: int, attack: tuple[str, str, bytes, str] | None, seconds: float
-                ) -> tuple[list[float], int, dict[int, int]]:
+                ) -> tuple[list[float], tuple[int, int], dict[int, int]]:
     baseline = reset_peak(pid)
+    workers = {worker: reset_peak(worker) for worker in read_workers(pid)}
     until = time.monotonic() + seconds
     results: Any = multiprocessing.Queue()
     attackers = multiprocessing.Process(target=attack_process, args=(url, attack, until, results), daemon=True)
@@ -124,7 +150,8 @@ async def phase(url: str, pid: int, attack: tuple[str, str, bytes, str] | None, 
     if attack:
         statuses = await asyncio.to_thread(results.get, True, 120)
         attackers.join(10)
-    return took, rss(pid, "VmHWM") - baseline, statuses
+    new = {worker: 0 for worker in read_workers(pid) if worker not in workers}  # started during the phase
+    return took, (rss(pid, "VmHWM") - baseline, peaks_since({**workers, **new})), statuses
 
 
 async def attacks_section(endpoints: list[str], seconds: float) -> None:
@@ -137,16 +164,16 @@ async def attacks_section(endpoints: list[str], seconds: float) -> None:
         await wait_ready(url)
         async with aiohttp.ClientSession() as http:
             attacks = await prepare(http, url)
-        idle, idle_peak, _ = await phase(url, proc.pid or 0, None, seconds)
+        idle, (idle_peak, _), _ = await phase(url, proc.pid or 0, None, seconds)
         idle_p50, idle_p99 = pct(idle, 0.5), pct(idle, 0.99)
         print(f"push idle: p50 {idle_p50:.1f} ms, p99 {idle_p99:.1f} ms ({len(idle)} pushes), "
               f"server peak RSS +{idle_peak / MB:.1f} MB (baseline)")
         for name, attack in attacks.items():
-            took, peak, statuses = await phase(url, proc.pid or 0, attack, seconds)
+            took, (peak, worker_peak), statuses = await phase(url, proc.pid or 0, attack, seconds)
             answers = ", ".join(f"{n} x {s}" for s, n in sorted(statuses.items()))
             print(f"push during {name}: p50 {pct(took, 0.5):.1f} ms, p99 {pct(took, 0.99):.1f} ms "
-                  f"({pct(took, 0.99) / idle_p99:.2f}x idle p99), server peak RSS +{peak / MB:.1f} MB; "
-                  f"{ATTACKERS} attackers got {answers}")
+                  f"({pct(took, 0.99) / idle_p99:.2f}x idle p99), server peak RSS +{peak / MB:.1f} MB "
+                  f"(read worker +{worker_peak / MB:.1f} MB); {ATTACKERS} attackers got {answers}")
     finally:
         proc.terminate()
         proc.join()

@@ -19,11 +19,13 @@ from typing import Any
 
 from aiohttp import web
 
+from configcenter_sdk.routing import RouteTable
+
 from .. import errors
 from ..codec import dump_json, parse_body
-from ..diffing import encoded_diff
 from ..model import Release, validate_namespace, validate_prefix
 from ..validation import parse_envelope, validate_document
+from ._read_worker import diff_body, route_headers
 from .admission import Lane
 from .audit import request_info
 from .auth import Action, Principal
@@ -105,21 +107,30 @@ async def small_json_body(request: web.Request) -> bool:
     return request.content_type.endswith("json") and len(await request.read()) <= INLINE_JSON_BYTES
 
 
-async def read_body(request: web.Request, lane: Lane = "write") -> Any:
-    """The parsed body, size-checked before reading and parsed within the limits (off the event
-    loop, on ``lane``'s threads, unless it is a small JSON body; 429 before reading when the lane is full)."""
-    runtime = rt(request)
-    limit = runtime.settings.limits.max_body_bytes
+async def inline_body(request: web.Request) -> bytes | None:
+    """The body if it is small JSON (parsed on the event loop), else None (not read yet: it goes to a
+    lane); 413 from the declared length before anything is read."""
+    limit = rt(request).settings.limits.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise errors.PayloadTooLargeError(
             f"request body of {request.content_length} bytes exceeds the {limit}-byte limit")
     if request.content_type.endswith("json") and (request.content_length or 0) <= INLINE_JSON_BYTES:
         body = await request.read()
         if await small_json_body(request):
-            return parse_body(body, request.content_type, runtime.parse_limits)
+            return body
+    return None
+
+
+async def read_body(request: web.Request, lane: Lane = "write") -> Any:
+    """The parsed body, size-checked before reading and parsed within the limits (off the event
+    loop, on ``lane``'s threads, unless it is a small JSON body; 429 before reading when the lane is full)."""
+    runtime = rt(request)
+    small = await inline_body(request)
+    if small is not None:
+        return parse_body(small, request.content_type, runtime.parse_limits)
     async with runtime.admission.slot(lane) as slot:  # 429 before reading the body when the lane is full
         body = await request.read()
-        return await slot.run(functools.partial(parse_body, body, request.content_type, runtime.parse_limits))
+        return await slot.run(parse_body, body, request.content_type, runtime.parse_limits)
 
 
 def release_response(release: Release, runtime: Runtime, status: int = 200) -> web.Response:
@@ -207,26 +218,21 @@ async def diff(request: web.Request) -> web.Response:
     from_rev, to_rev = int_param(request, "from", minimum=1), int_param(request, "to", minimum=1)
     if from_rev is None:
         raise errors.InvalidArgumentError("diff needs ?from=REVISION (and optionally &to=REVISION)")
-    async with runtime.admission.slot("read") as slot:  # 429 before two documents are fetched and decoded
-        old = await runtime.store.get_at(ns, from_rev)
-        new = await runtime.store.get_at(ns, to_rev) if to_rev is not None else await runtime.store.get(ns)
-        key = (ns, old.revision, new.revision)
+    async with runtime.admission.slot("read") as slot:  # 429 before documents are fetched or sent
+        current = await runtime.current(ns) if to_rev is None else None  # "to" defaults to what reads see
+        to = current.revision if current is not None else to_rev
+        assert to is not None
+        key = (ns, from_rev, to)
         body = runtime.diffs.get(key)
-        if body is None:
-            body = await slot.run(functools.partial(diff_body, ns, old, new))
+        if body is None:  # computed in a read worker; it keeps the documents, so a repeat sends only keys
+            old, new = runtime.document(ns, from_rev), runtime.document(ns, to, current)
+            body = await slot.run(diff_body, ns, old, new, (from_rev, to))
             if len(body) <= DIFF_CACHE_BYTES:
                 runtime.diffs[key] = body
     return web.Response(body=body, content_type="application/json")
 
 
 DIFF_CACHE_BYTES = 256 * 1024  # larger diff answers are not cached: 16 of them must not pin much memory
-
-
-def diff_body(ns: str, old: Release, new: Release) -> bytes:
-    """The encoded diff answer, bounded (``diffing``: at most ``MAX_CHANGES`` entries, bounded paths, no
-    patch past its budget); CPU-heavy for large documents, so it runs on the read lane's threads."""
-    return encoded_diff(old.doc, new.doc, f"{ns}@{old.revision}", f"{ns}@{new.revision}",
-                        {"ns": ns, "from": old.revision, "to": new.revision})
 
 
 async def rollback(request: web.Request) -> web.Response:
@@ -247,13 +253,33 @@ async def rollback(request: web.Request) -> web.Response:
 async def evaluate_route(request: web.Request) -> web.Response:
     runtime = rt(request)
     _, ns = authorized(request, "route")
-    body = await read_body(request, "read")
-    headers = body.get("headers") if isinstance(body, dict) else None
-    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
-        raise errors.InvalidBodyError("body must be {headers: {name: value, ...}} with string values")
-    decision = (await runtime.route_table(ns)).route(headers)
+    small = await inline_body(request)
+    if small is not None:
+        headers = route_headers(small, request.content_type, runtime.parse_limits, None)
+        table = await runtime.route_table(ns)
+    else:
+        table, headers = await route_in_worker(request, runtime, ns)
+    decision = table.route(headers)
     return json_response({"ns": ns, "cluster": decision.cluster, "rule_id": decision.rule_id,
                           "revision": decision.revision})
+
+
+async def route_in_worker(request: web.Request, runtime: Runtime, ns: str) -> tuple[RouteTable, dict[str, str]]:
+    """A large route-evaluation body, parsed in a read worker which sends back only the headers the
+    table reads.  The table is looked up first for their names, but its error (404, 409) is raised
+    after the body's (400), as for a small body."""
+    async with runtime.admission.slot("read") as slot:  # 429 before the body is read
+        try:
+            table, problem = await runtime.route_table(ns, slot), None
+        except errors.ConfigCenterError as exc:
+            table, problem = None, exc
+        names = table._read if table is not None else frozenset()  # lower-cased names its rules read
+        body = await request.read()
+        headers = await slot.run(route_headers, body, request.content_type, runtime.parse_limits, names)
+    if table is None:
+        assert problem is not None
+        raise problem
+    return table, headers
 
 
 async def watch(request: web.Request) -> web.StreamResponse:
@@ -295,6 +321,10 @@ async def metrics(request: web.Request) -> web.Response:
     scoped = principal is not None and principal.namespaces is not None and runtime.auth.scoped(principal, "list")
     visible = functools.partial(runtime.auth.visible, principal) if scoped else None
     runtime.metrics.set("configcenter_stale_seconds", runtime.mirror.stale_seconds())
+    admission = runtime.admission
+    runtime.metrics.set_series("configcenter_admission_refused_total", "lane",
+                               {lane: admission.refused(lane) for lane in ("write", "read")})
+    runtime.metrics.set("configcenter_read_worker_restarts_total", admission.read_pool.restarts)
     return web.Response(text=runtime.metrics.render(visible).decode(), content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
 

@@ -42,6 +42,10 @@ _HELP = {
                                            "it (a catch-up included) unread for limits.drain_timeout"),
     "configcenter_client_disconnects_total": ("counter", "requests whose client hung up before the answer was "
                                               "written (a normal event, logged at info)"),
+    "configcenter_admission_refused_total": ("counter", "requests refused 429 because their admission lane "
+                                             "(label lane: write or read) had no free worker or queue place"),
+    "configcenter_read_worker_restarts_total": ("counter", "read worker processes replaced: died, crashed, ran "
+                                                "past limits.read_job_timeout or past limits.read_worker_max_rss"),
     "configcenter_auth_failures_total": ("counter", "requests refused 401: bad Authorization, unknown or no token"),
     "configcenter_auth_denied_total": ("counter", "requests refused 403: the token's role or scope does not allow it"),
     "configcenter_propagation_seconds": ("histogram", "commit (server clock) to change event written to a subscriber"),
@@ -52,6 +56,7 @@ _HELP = {
     "configcenter_rollout_rejected_instances": ("gauge", "subscribed instances that rejected the namespace's revision"),
     "configcenter_rollout_ack_seconds": ("histogram", "commit (server clock) to an instance reporting it applied"),
 }
+_UNSCOPED = frozenset({"configcenter_admission_refused_total"})  # labelled, but not by namespace
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -111,9 +116,9 @@ class Metrics:
                 yield source._histogram(name, text)
             elif name in self.series:
                 label, values = self.series[name]
-                family = GaugeMetricFamily(name, text, labels=[label])
+                family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(name, text, labels=[label])
                 for key, value in sorted(values.items()):
-                    if visible is None or visible(key):
+                    if visible is None or visible(key) or name in _UNSCOPED:
                         family.add_metric([key], value)
                 yield family
             elif kind == "counter":

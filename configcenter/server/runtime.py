@@ -8,9 +8,11 @@ is down serves ``/healthz``, reports not ready, and catches up when etcd comes.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import orjson
 from aiohttp import web
 from cachetools import LRUCache
 
@@ -21,7 +23,8 @@ from ..codec import ParseLimits
 from ..errors import ConflictError, EtcdUnavailableError, NotFoundError
 from ..model import Release
 from . import etcd as _etcd
-from .admission import Admission
+from ._read_pool import Doc, PoolLimits
+from .admission import Admission, Slot
 from .auth import TokenAuth
 from .hub import Hub
 from .instances import InstanceRegistry
@@ -58,7 +61,11 @@ class Runtime:
         # etcd cluster reuses them for other content, so a mirror reset drops both
         self.mirror.reset_listeners.append(self._forget_revision_keyed_caches)
         limits = settings.limits
-        self.admission = Admission(limits.cpu_workers, limits.write_queue, limits.read_cpu_workers, limits.read_queue)
+        pool = PoolLimits(workers=limits.read_cpu_workers, max_rss=limits.read_worker_max_rss,
+                          job_timeout=limits.read_job_timeout, max_address_space=4 * limits.read_worker_max_rss)
+        self.admission = Admission(limits.cpu_workers, limits.write_queue, limits.read_cpu_workers, limits.read_queue,
+                                   read_pool=pool)
+        self._doc_epoch = 0  # part of the read workers' document keys: a mirror reset invalidates them
         self.instances = InstanceRegistry(self.client, layout.prefix, settings.watch.instance_ttl, self.metrics,
                                           timeout=settings.watch.etcd_timeout, releases=lambda: self.mirror.state,
                                           caps=(settings.limits.max_instances,
@@ -68,6 +75,7 @@ class Runtime:
     def _forget_revision_keyed_caches(self, _reason: str) -> None:
         self._tables.clear()
         self.diffs.clear()
+        self._doc_epoch += 1
 
     async def start(self) -> None:
         await self.client.connect()
@@ -80,7 +88,7 @@ class Runtime:
         await self.instances.close()
         await self.mirror.stop()
         await self.client.close()
-        self.admission.shutdown()
+        await self.admission.close()
 
     async def offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run CPU-heavy work of a write (parse, validate, schema checks) on the write lane's threads.
@@ -91,8 +99,17 @@ class Runtime:
         return await self.admission.run("write", fn, *args, **kwargs)
 
     async def offload_read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """The same on the read lane (route-evaluation bodies and compiles, diffs): 429 when it is full."""
+        """The same in the read lane's worker processes (``fn`` a function of ``_read_worker``): 429 when full."""
         return await self.admission.run("read", fn, *args, **kwargs)
+
+    def document(self, ns: str, revision: int, release: Release | None = None) -> Doc:
+        """``ns``'s document at ``revision`` as a read-worker argument: its JSON is loaded (from ``release``
+        or history, on the event loop) only when the worker does not hold it already."""
+        async def load() -> bytes:
+            found = release if release is not None else await self.store.get_at(ns, revision)
+            return orjson.dumps(found.doc)
+
+        return Doc((self._doc_epoch, ns, revision), load)
 
     async def visible(self, revision: int) -> None:
         """Give the mirror a moment to apply our own write so a following read sees it."""
@@ -107,8 +124,9 @@ class Runtime:
             raise NotFoundError(f"namespace {ns!r} does not exist", namespace=ns)
         return release
 
-    async def route_table(self, ns: str) -> RouteTable:
-        """The compiled route table of ``ns``, compiled once per revision (not once per request)."""
+    async def route_table(self, ns: str, slot: Slot | None = None) -> RouteTable:
+        """The compiled route table of ``ns``, compiled once per revision (not once per request), on the
+        read lane's compile thread (in ``slot`` if given): the table lives here, in the server."""
         release = await self.current(ns)
         if release.kind != "routes" or release.doc is None:
             raise ConflictError(f"namespace {ns!r} holds a {release.kind} document, not a route table")
@@ -116,7 +134,8 @@ class Runtime:
         if cached is not None and cached.revision == release.revision:
             return cached
         try:
-            table = await self.offload_read(compile_table, release.doc, release.revision)
+            compile_it = functools.partial(compile_table, release.doc, release.revision)
+            table = await (slot.run_thread(compile_it) if slot else self.admission.run_thread("read", compile_it))
         except RouteTableError as exc:
             raise ConflictError(f"stored route table of {ns!r} does not compile: {exc}") from exc
         self._tables[ns] = table

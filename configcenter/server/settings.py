@@ -37,8 +37,10 @@ class Limits:
     max_connections: int = 16_384  # open client connections (SSE streams included); more are refused
     cpu_workers: int = 2  # threads for parse / validate of writes (push, rollback, schemas): admission.py
     write_queue: int = 64  # writes waiting for those threads; more get 429 with Retry-After
-    read_cpu_workers: int = 1  # threads for route-evaluation bodies, route compiles and diffs (anonymous reach)
+    read_cpu_workers: int = 1  # worker processes (nice 19) for route-evaluation bodies and diffs (anonymous reach)
     read_queue: int = 2  # such reads waiting (each may hold a body or two documents); more get 429
+    read_worker_max_rss: int = 268_435_456  # a read worker past this RSS after a job is replaced (address space: 4x)
+    read_job_timeout: float = 30.0  # seconds one read-worker job may take; then the worker is killed (503)
     max_instances: int = 10_000  # live SDK instance records in etcd; new ones past it get 429 (instances.py)
     max_instances_per_client: int = 1_000  # the same per token name, or per address (IPv6: per /64) without one
     max_streams_per_address: int = 1_024  # open watch streams from one client address (IPv6: per /64); 429 past it

@@ -1,22 +1,24 @@
 """Admission per class (issue 16): reads cannot starve writes, a full class answers 429 with Retry-After.
 
-The lanes themselves are tested directly (threads, queue, a slot held until the job really ends);
-then over real sockets on a real etcd: anonymous route evaluations with large YAML bodies fill the
-read lane, the surplus gets 429 ``too_many_requests`` with ``Retry-After``, and a push sent in the
-middle of the flood is answered while the flood is still running.
+The lanes themselves are tested directly (the read lane's worker processes, the write lane's threads,
+the queue, a slot held until the job really ends); then over real sockets on a real etcd: anonymous
+route evaluations with large YAML bodies fill the read lane, the surplus gets 429 ``too_many_requests``
+with ``Retry-After`` (counted per lane in ``/metrics``), and a push sent in the middle of the flood is
+answered while the flood is still running.  (Worker deaths, errors and shutdown: ``test_read_workers.py``.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+import worker_jobs
 from configcenter._yaml_render import render_lines
 from configcenter.errors import TooManyRequestsError
 from configcenter.server.admission import Admission
@@ -24,41 +26,48 @@ from configcenter.server.settings import Limits
 from helpers import RunningServer, envelope
 
 
-async def test_a_full_lane_refuses_and_the_other_lane_still_runs() -> None:
-    admission = Admission(write_threads=1, write_queue=0, read_threads=1, read_queue=1)
-    release = threading.Event()
+async def test_a_full_lane_refuses_and_the_other_lane_still_runs(tmp_path: Path) -> None:
+    admission = Admission(write_threads=1, write_queue=0, read_workers=1, read_queue=1)
+    release = tmp_path / "release"
     try:
-        blocked = [asyncio.ensure_future(admission.run("read", release.wait, 10)) for _ in range(2)]
+        blocked = [asyncio.ensure_future(admission.run("read", worker_jobs.wait_for, str(release)))
+                   for _ in range(2)]
         await asyncio.sleep(0.05)
         assert admission.full("read") and admission.pending("read") == 2
         with pytest.raises(TooManyRequestsError) as info:
-            await admission.run("read", time.sleep, 0)
+            await admission.run("read", worker_jobs.pid)
         assert info.value.status == 429 and info.value.headers() == {"Retry-After": "1"}
         assert info.value.details["lane"] == "read" and admission.refused("read") == 1
         assert await asyncio.wait_for(admission.run("write", lambda: "written"), 2) == "written"
-    finally:
-        release.set()
-    assert await asyncio.gather(*blocked) == [True, True]
-    await asyncio.sleep(0.01)
-    assert admission.pending("read") == 0
-    admission.shutdown()
-
-
-async def test_a_cancelled_request_keeps_its_slot_until_its_job_ends() -> None:
-    admission = Admission(write_threads=1, write_queue=0, read_threads=1, read_queue=0)
-    release = threading.Event()
-    task = asyncio.ensure_future(admission.run("read", release.wait, 10))
-    await asyncio.sleep(0.05)
-    task.cancel()
-    await asyncio.sleep(0.05)
-    assert admission.full("read")  # the thread is still busy: a new job would only queue behind it
-    release.set()
-    for _ in range(100):
-        if not admission.full("read"):
-            break
+        release.touch()
+        pids = await asyncio.wait_for(asyncio.gather(*blocked), 30)
+        assert len(set(pids)) == 1 and pids[0] == admission.read_pool.pids()[0]  # one worker, in turn
         await asyncio.sleep(0.01)
-    assert not admission.full("read")
-    admission.shutdown()
+        assert admission.pending("read") == 0
+    finally:
+        release.touch()
+        await admission.close()
+
+
+async def test_a_cancelled_request_keeps_its_slot_until_its_job_ends(tmp_path: Path) -> None:
+    admission = Admission(write_threads=1, write_queue=0, read_workers=1, read_queue=0)
+    release = tmp_path / "release"
+    try:
+        task = asyncio.ensure_future(admission.run("read", worker_jobs.wait_for, str(release)))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        assert admission.full("read")  # the worker is still busy: a new job would only queue behind it
+        release.touch()
+        for _ in range(1000):
+            if not admission.full("read"):
+                break
+            await asyncio.sleep(0.01)
+        assert not admission.full("read")
+        assert isinstance(await admission.run("read", worker_jobs.pid), int)  # the worker is usable again
+    finally:
+        release.touch()
+        await admission.close()
 
 
 def big_yaml_route_body() -> bytes:
@@ -100,3 +109,7 @@ async def test_reads_past_their_lane_get_429_and_a_push_is_not_delayed(
     assert {status for status, _, _ in answers} <= {404, 429}, answers  # 404: admitted, parsed, no such table
     slowest_read = max(took for status, _, took in answers if status == 404)
     assert push_took < slowest_read, (push_took, answers)  # the push did not queue behind the reads
+    async with http.get(f"{flooded.url}/metrics") as resp:
+        text = await resp.text()
+    assert f'configcenter_admission_refused_total{{lane="read"}} {float(len(refused))}' in text, text[-3000:]
+    assert 'configcenter_admission_refused_total{lane="write"} 0.0' in text
