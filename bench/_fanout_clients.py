@@ -34,7 +34,7 @@ async def sse_subscriber(http: aiohttp.ClientSession, url: str, ns: str, inbox: 
 
 async def etcd_watcher(stub: Any, key: bytes, inbox: Inbox, ready: list[int]) -> None:
     """One Watch RPC stream per subscriber (the baseline a service would get watching etcd itself)."""
-    from configcenter.server import etcd as cc_etcd
+    from configcenter.server.etcd import client as cc_etcd
 
     async def requests() -> Any:
         yield cc_etcd.WatchRequest(create_request=cc_etcd.WatchCreateRequest(key=key))
@@ -59,7 +59,7 @@ async def run_clients(kind: str, count: int, target: str, ns: str, pipe: Connect
         closers.append(http.close)
         tasks = [asyncio.create_task(sse_subscriber(http, target, ns, inbox, ready)) for _ in range(count)]
     else:
-        from configcenter.server import etcd as cc_etcd
+        from configcenter.server.etcd import client as cc_etcd
 
         client = cc_etcd.connect([target])
         await client.connect()

@@ -46,11 +46,11 @@ def reset_peak(pid: int) -> int:
 
 
 def read_workers(parent: int) -> list[int]:
-    """The server's read-lane worker processes (``configcenter/server/_read_worker.py``)."""
+    """The server's read-lane worker processes (``configcenter/server/cpu/_read_worker.py``)."""
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if (b"configcenter.server._read_worker" in cmdline.read_bytes()
+            if (b"configcenter.server.cpu._read_worker" in cmdline.read_bytes()
                     and int((cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent):
                 found.append(int(cmdline.parent.name))
         except OSError:

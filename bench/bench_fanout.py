@@ -46,7 +46,7 @@ TOKEN = "bench-writer"
 def serve(settings: Settings) -> None:
     """The server as `configcenter serve` runs it (connection guard included), in this process;
     with ``settings.workers`` > 1 this process is the supervisor of that many workers."""
-    from configcenter.server.app import serve as serve_forever
+    from configcenter.server.http import serve as serve_forever
     from configcenter.server.workers import run_workers
 
     if settings.workers > 1:
@@ -149,7 +149,7 @@ async def rounds_via_api(url: str, ns: str, rounds: int) -> dict[int, float]:
 
 
 async def rounds_via_etcd(endpoint: str, ns: str, rounds: int) -> dict[int, float]:
-    from configcenter.server import etcd as cc_etcd
+    from configcenter.server.etcd import client as cc_etcd
 
     client = cc_etcd.connect([endpoint])
     await client.connect()

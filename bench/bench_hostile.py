@@ -7,7 +7,7 @@
    back to back, vs /healthz latency on the idle server.
 4. Attacks (issue 16): push p99 and the peak RSS of the server process and of its read worker
    process (``VmHWM`` after resetting it through ``/proc/<pid>/clear_refs``; route bodies and
-   diffs run in the worker, ``configcenter/server/_read_worker.py``) while anonymous clients repeat row 3 (a 180 KB
+   diffs run in the worker, ``configcenter/server/cpu/_read_worker.py``) while anonymous clients repeat row 3 (a 180 KB
    route body of one 60,000-character key over 40,000 lists), row 4 (a diff of 12,000 changed leaves
    under a 20,000-character key), a flood of ~0.5 MB YAML route bodies and a flood of diffs of two
    large documents, each beside the idle baseline measured in the same run, as ratios.

@@ -36,12 +36,11 @@ import aiohttp
 from etcd3aio import prefix_range_end
 
 from configcenter.cli.embedded_etcd import EtcdCluster, free_port
-from configcenter.server import etcd as cc_etcd
-from configcenter.server.changes import Change
-from configcenter.server.mirror import Mirror
+from configcenter.server.etcd import Store
+from configcenter.server.etcd import client as cc_etcd
 from configcenter.server.runtime import Runtime, wait_ready
 from configcenter.server.settings import Settings, WatchTuning
-from configcenter.server.store import Store
+from configcenter.server.watch import Change, Mirror
 
 PREFIX = "/bench-resync/"
 TUNING = WatchTuning(progress_interval=5.0, etcd_timeout=30.0)

@@ -32,7 +32,7 @@ from pathlib import Path
 import aiohttp
 
 from configcenter.cli.embedded_etcd import EtcdCluster, free_port
-from configcenter.server.auth import Principal
+from configcenter.server.security import Principal
 from configcenter.server.settings import Limits, Settings, WatchTuning
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -89,7 +89,7 @@ async def rounds(http: aiohttp.ClientSession, url: str, ns: str, total: int, cou
 
 
 async def etcd_revision(endpoint: str) -> int:
-    from configcenter.server import etcd as cc_etcd
+    from configcenter.server.etcd import client as cc_etcd
 
     client = cc_etcd.connect([endpoint])
     await client.connect()

@@ -1,7 +1,7 @@
 """Per-namespace JSON Schemas for ``config`` documents: which schema governs a namespace, checking a
 schema before it is stored, and validating a document against it.
 
-Used by the server (``server/schema_store.py``, on every ``config`` push) and by the CLI
+Used by the server (``server/schemas/store.py``, on every ``config`` push) and by the CLI
 (``apply`` validates locally against the schemas the server has, before the first write).
 
 * A schema is registered for a **target**: a namespace (``orders/config``) or a prefix

@@ -13,9 +13,9 @@ import orjson
 from aiohttp import web
 
 from configcenter.cli.embedded_etcd import EtcdCluster, free_port
-from configcenter.server.app import create_app, start_site
-from configcenter.server.auth import Principal
+from configcenter.server.http import create_app, start_site
 from configcenter.server.runtime import RUNTIME, Runtime, wait_ready
+from configcenter.server.security import Principal
 from configcenter.server.settings import Limits, Settings, WatchTuning
 
 WRITER = "test-writer-token"  # principal "test-writer", role admin: writes and also deletes
@@ -196,7 +196,7 @@ def server_tls(certs: Certs, *, mtls: bool = False) -> Any:
 
 async def start_tls_server(settings: Settings, cluster: EtcdCluster, *, wait: bool = True) -> RunningServer:
     """Like ``start_server`` but listening with ``settings.tls`` (the URL is https://)."""
-    from configcenter.server.tls import server_ssl_context
+    from configcenter.server.security import server_ssl_context
 
     assert settings.tls is not None
     app = create_app(settings)

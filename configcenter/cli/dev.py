@@ -31,11 +31,11 @@ from types import FrameType
 
 from ..codec import parse_yaml
 from ..errors import ConfigCenterError
-from ..server.app import serve
-from ..server.auth import Principal
+from ..server.http.app import serve
 from ..server.runtime import Runtime, wait_ready
+from ..server.security.auth import Principal
+from ..server.security.tls import etcd_tls_material, server_ssl_context
 from ..server.settings import Settings, exposure_warnings, load_settings, parse_listen
-from ..server.tls import etcd_tls_material, server_ssl_context
 from ..server.workers import WorkersFailed, run_workers
 from .client import EXIT_OK, EXIT_USAGE, Client, CliError, current_release
 from .embedded_etcd import EtcdCluster

@@ -1,7 +1,7 @@
 """``configcenter migrate``: move history keys to the layout where no name's range covers another's.
 
 Talks to etcd directly (with the server's configuration: ``--config``, ``--etcd``, ``--prefix``),
-not to a server: the migration is an operator's step of an upgrade (``server/migration.py`` says
+not to a server: the migration is an operator's step of an upgrade (``server/etcd/migration.py`` says
 when to run it).  Safe to run again, and to rerun after an interruption.
 """
 
@@ -18,7 +18,7 @@ from ..errors import ConfigCenterError
 from .client import EXIT_OK, EXIT_SERVER_ERROR, EXIT_UNREACHABLE, EXIT_USAGE, CliError
 
 if TYPE_CHECKING:
-    from ..server.migration import MigrationReport
+    from ..server.etcd.migration import MigrationReport
 
 EXIT_CONFLICTS = EXIT_SERVER_ERROR  # some keys could not move (see the report)
 
@@ -54,10 +54,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 async def _run(settings: Any, *, dry_run: bool, quiet: bool) -> MigrationReport:
-    from ..server import etcd as _etcd
-    from ..server.migration import migrate_history
+    from ..server.etcd import client as _etcd
+    from ..server.etcd.migration import migrate_history
+    from ..server.runtime import client_for
 
-    client = _etcd.client_for(settings)
+    client = client_for(settings)
     await client.connect()
     try:
         progress = None if quiet else (lambda line: sys.stderr.write(line + "\n"))

@@ -16,23 +16,22 @@ import orjson
 from aiohttp import web
 from cachetools import LRUCache
 
+from configcenter.codec import ParseLimits
+from configcenter.errors import ConflictError, EtcdUnavailableError, NotFoundError
+from configcenter.model import Release
+from configcenter.server.cpu._read_pool import Doc, PoolLimits
+from configcenter.server.cpu.admission import Admission, Slot
+from configcenter.server.etcd import Store
+from configcenter.server.etcd import client as _etcd
+from configcenter.server.fleet import InstanceRegistry
+from configcenter.server.metrics import Metrics
+from configcenter.server.net import ConnectionGuard
+from configcenter.server.schemas import SchemaStore
+from configcenter.server.security import TokenAuth
+from configcenter.server.settings import Settings, exposure_warnings
+from configcenter.server.watch import Hub, Mirror
 from configcenter_sdk.errors import RouteTableError
 from configcenter_sdk.routing import RouteTable, compile_table
-
-from ..codec import ParseLimits
-from ..errors import ConflictError, EtcdUnavailableError, NotFoundError
-from ..model import Release
-from . import etcd as _etcd
-from ._read_pool import Doc, PoolLimits
-from .admission import Admission, Slot
-from .auth import TokenAuth
-from .hub import Hub
-from .instances import InstanceRegistry
-from .listener import ConnectionGuard
-from .metrics import Metrics
-from .mirror import Mirror
-from .settings import Settings, exposure_warnings
-from .store import Store
 
 T = TypeVar("T")
 
@@ -42,8 +41,10 @@ class Runtime:
         self.settings = settings
         self.metrics = Metrics()
         self.auth = TokenAuth(settings.tokens, settings.read_requires_token, self.metrics)
-        self.client = _etcd.client_for(settings)
+        self.client = client_for(settings)
         layout = _etcd.KeyLayout(settings.prefix)
+        self.schemas = SchemaStore(self.client, settings.prefix, layout.docs_prefix,
+                                   timeout=settings.watch.etcd_timeout)  # checks every push (not a route's)
         self.store = Store(self.client, layout, timeout=settings.watch.etcd_timeout,
                            max_request_bytes=settings.etcd_max_request_bytes)
         self.mirror = Mirror(self.client, layout, ring_size=settings.limits.history_ring,
@@ -181,3 +182,9 @@ async def wait_ready(runtime: Runtime, timeout: float) -> None:
         await asyncio.wait_for(runtime.mirror.ready.wait(), timeout)
     except TimeoutError as exc:
         raise EtcdUnavailableError(f"etcd did not answer within {timeout}s") from exc
+
+
+def client_for(settings: Settings) -> _etcd.EtcdClient:
+    """The server's etcd client as ``settings`` describe it (endpoints, TLS, user)."""
+    return _etcd.connect(settings.etcd_endpoints, tls=settings.etcd_tls, credentials=settings.etcd_auth,
+                   prefix=settings.prefix, timeout=settings.watch.etcd_timeout)

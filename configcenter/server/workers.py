@@ -44,8 +44,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import ConfigCenterError
-from .settings import Settings
+from configcenter.errors import ConfigCenterError
+from configcenter.server.settings import Settings
 
 log = logging.getLogger("configcenter.workers")
 WORKER_HEADER = "X-Configcenter-Worker"
@@ -91,7 +91,7 @@ def serve_worker(settings: Settings, spec: WorkerSpec, conn: Connection) -> None
     """A worker process: the server on a shared port until SIGTERM/SIGINT (or the supervisor dies)."""
     import asyncio
 
-    from .app import serve
+    from configcenter.server.http import serve
 
     _die_with_parent(spec.parent)
     index = spec.index

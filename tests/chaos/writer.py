@@ -15,7 +15,7 @@ tables), so every delivered change can be matched to exactly one write.
 A transaction writes what the API would: ``docs/<ns>`` and
 ``history/<ns>/<version>`` for each namespace, guarded by each document's
 ``mod_revision`` and by each history key not existing yet (the record format
-and key layout of ``configcenter/server/store.py``), so the replicas can rebuild
+and key layout of ``configcenter/server/etcd/store.py``), so the replicas can rebuild
 their catch-up ring from history after a restart.
 """
 

@@ -1,4 +1,4 @@
-"""The etcd3aio internals configcenter relies on (``configcenter/server/_etcd3aio.py``), each pinned by name,
+"""The etcd3aio internals configcenter relies on (``configcenter/server/etcd/_etcd3aio.py``), each pinned by name,
 and the facade failing closed when the one that carries TLS and credentials moves.
 
 If a test here fails after an etcd3aio upgrade, the upgrade changed something the server depends on:
@@ -14,7 +14,7 @@ import grpc.aio
 import pytest
 from etcd3aio import Etcd3Client
 
-from configcenter.server import _etcd3aio
+from configcenter.server.etcd import _etcd3aio as _etcd3aio
 from configcenter.server.etcd import connect
 
 

@@ -19,7 +19,7 @@ from cli_helpers import run_cli
 from configcenter.cli import apply
 from configcenter.cli.apply_files import load_sources
 from configcenter.cli.client import Client
-from configcenter.server.auth import Principal
+from configcenter.server.security import Principal
 from helpers import TEST_PRINCIPALS, WRITER, RunningServer
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"

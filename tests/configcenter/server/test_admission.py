@@ -21,7 +21,7 @@ import pytest
 import worker_jobs
 from configcenter._yaml_render import render_lines
 from configcenter.errors import TooManyRequestsError
-from configcenter.server.admission import Admission
+from configcenter.server.cpu import Admission
 from configcenter.server.settings import Limits
 from helpers import RunningServer, envelope
 

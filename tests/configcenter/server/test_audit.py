@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from configcenter.cli.main import run as run_cli_main
-from configcenter.server.audit import parse_networks
+from configcenter.server.security import parse_networks
 from configcenter_sdk import ConfigClient, Revision
 from helpers import READER, WRITER, RunningServer, SSEStream, envelope, eventually
 

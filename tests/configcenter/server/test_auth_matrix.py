@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from configcenter.errors import ConfigError
-from configcenter.server.auth import Principal
+from configcenter.server.security import Principal
 from configcenter.server.settings import load_settings
 from helpers import RunningServer, SSEStream, envelope
 

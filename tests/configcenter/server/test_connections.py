@@ -122,7 +122,7 @@ async def test_connections_beyond_the_cap_are_refused_and_live_streams_keep_goin
 async def test_an_idle_stream_leaves_aiohttp_and_is_still_served_and_counted(
         make_server: ServerFactory, http: aiohttp.ClientSession) -> None:
     """Once its head and catch-up are out, a stream's connection is no longer aiohttp's (its request
-    handler, parser and task are gone: server/_detached.py), yet it counts against the cap, gets
+    handler, parser and task are gone: server/watch/_detached.py), yet it counts against the cap, gets
     changes and progress frames (progress_interval 0.5 s here), and leaves when the client does."""
     server = await make_server(limits=_limits(header_timeout=0.3))
     aiohttp_server = server.runner.server

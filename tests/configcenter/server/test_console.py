@@ -25,7 +25,7 @@ import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from configcenter.cli.embedded_etcd import EtcdCluster
-from configcenter.server.auth import Principal
+from configcenter.server.security import Principal
 from helpers import READER, TEST_PRINCIPALS, WRITER, RunningServer, server_settings, start_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -34,7 +34,7 @@ async def test_static_files_headers_and_no_traversal(srv: RunningServer, http: a
             assert resp.headers["Content-Type"].startswith(ctype)
             assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
             assert resp.headers["X-Content-Type-Options"] == "nosniff"
-    for file in (ROOT / "configcenter/server/ui").iterdir():  # offline, and no markup built from strings
+    for file in (ROOT / "configcenter/server/http/ui").iterdir():  # offline, and no markup built from strings
         text = file.read_text()
         assert "http://" not in text and "https://" not in text and "innerHTML" not in text, file.name
         async with http.get(f"{srv.url}/ui/{file.name}") as resp:

@@ -22,9 +22,8 @@ import pytest
 
 from configcenter.cli.embedded_etcd import EtcdCluster, EtcdTLSFiles, free_port
 from configcenter.errors import ConfigError
-from configcenter.server.auth import Principal
+from configcenter.server.security import Principal, etcd_tls_material
 from configcenter.server.settings import EtcdCredentials, EtcdTLS, exposure_warnings, load_settings
-from configcenter.server.tls import etcd_tls_material
 from helpers import (
     READER,
     TEST_PRINCIPALS,

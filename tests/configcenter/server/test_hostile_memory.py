@@ -53,7 +53,7 @@ def read_workers(parent: int) -> list[int]:
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if (b"configcenter.server._read_worker" in cmdline.read_bytes()
+            if (b"configcenter.server.cpu._read_worker" in cmdline.read_bytes()
                     and int((cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent):
                 found.append(int(cmdline.parent.name))
         except OSError:

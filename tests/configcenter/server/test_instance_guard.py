@@ -16,7 +16,7 @@ import orjson
 import pytest
 from etcd3aio import prefix_range_end
 
-from configcenter.server.auth import Principal
+from configcenter.server.security import Principal
 from configcenter.server.settings import Limits, WatchTuning
 from helpers import READER, TEST_PRINCIPALS, WRITER, RunningServer, eventually
 

@@ -14,8 +14,7 @@ import aiohttp
 from etcd3aio import prefix_range_end
 
 from configcenter.cli.embedded_etcd import EtcdCluster
-from configcenter.server.etcd import read_range
-from configcenter.server.keys import KeyLayout
+from configcenter.server.etcd import KeyLayout, read_range
 from helpers import RunningServer, eventually
 from layout_helpers import NAMES, get_json, push, push_all, watch
 

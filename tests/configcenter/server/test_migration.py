@@ -19,9 +19,7 @@ from etcd3aio import prefix_range_end
 from cli_helpers import run_cli
 from configcenter.cli.embedded_etcd import EtcdCluster
 from configcenter.model import Release
-from configcenter.server.etcd import connect, read_range
-from configcenter.server.keys import KeyLayout
-from configcenter.server.migration import HistoryMigration, migrate_history
+from configcenter.server.etcd import HistoryMigration, KeyLayout, connect, migrate_history, read_range
 from helpers import RunningServer, eventually
 from layout_helpers import NAMES, get_json, push, watch
 

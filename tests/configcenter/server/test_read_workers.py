@@ -23,8 +23,8 @@ import worker_jobs
 from configcenter._yaml_render import render_lines
 from configcenter.cli.embedded_etcd import EtcdCluster, free_port
 from configcenter.errors import ConfigCenterError, InvalidBodyError, TooManyRequestsError
-from configcenter.server._read_pool import PoolLimits, WorkerUnavailableError
-from configcenter.server.admission import Admission
+from configcenter.server.cpu import Admission
+from configcenter.server.cpu._read_pool import PoolLimits, WorkerUnavailableError
 from configcenter.server.settings import Limits
 from helpers import RunningServer, envelope
 from serve_helpers import start, write_config
@@ -49,7 +49,7 @@ def children(pid: int) -> list[int]:
             command = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == pid and fields[0] != "Z" and b"configcenter.server._read_worker" in command:
+        if int(fields[1]) == pid and fields[0] != "Z" and b"configcenter.server.cpu._read_worker" in command:
             found.append(int(stat.parent.name))
     return found
 

@@ -15,9 +15,8 @@ import pytest
 
 from configcenter.cli.embedded_etcd import EtcdCluster
 from configcenter.errors import ConfigError, PayloadTooLargeError
-from configcenter.server.etcd import KeyLayout, connect
+from configcenter.server.etcd import KeyLayout, Store, connect
 from configcenter.server.settings import ETCD_MAX_REQUEST_BYTES, Limits, check_record_fits, load_settings
-from configcenter.server.store import Store
 
 
 def test_default_limits_fit_etcds_default_request_limit() -> None:

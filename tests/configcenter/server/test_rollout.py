@@ -15,8 +15,8 @@ import aiohttp
 import orjson
 import pytest
 
-from configcenter.server.auth import Principal
-from configcenter.server.instances import classify
+from configcenter.server.fleet import classify
+from configcenter.server.security import Principal
 from configcenter.server.settings import WatchTuning
 from configcenter_sdk import ConfigClient
 from helpers import READER, TEST_PRINCIPALS, RunningServer, eventually

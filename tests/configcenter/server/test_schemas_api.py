@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 
 from configcenter.errors import ConflictError, NotFoundError
-from configcenter.server.auth import Principal
-from configcenter.server.schema_store import SCHEMAS, SchemaWrite
+from configcenter.server.schemas import SchemaWrite
+from configcenter.server.security import Principal
 from helpers import READER, TEST_PRINCIPALS, RunningServer, envelope
 
 ORDERS = {"type": "object", "required": ["timeout_ms"],
@@ -173,7 +173,7 @@ async def test_a_push_racing_the_schema_check_cannot_slip_in(server: RunningServ
     """The documents are read, then a violating push lands before the schema is written: the
     transaction's guard on the documents fails, the retry sees the new document and refuses (409)."""
     runtime = server.runtime
-    schemas = server.runner.app[SCHEMAS]
+    schemas = server.runtime.schemas
     await runtime.store.push("race/cfg", "config", {"timeout_ms": 5})
     raced = False
 

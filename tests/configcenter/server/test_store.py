@@ -13,8 +13,7 @@ from etcd3aio import prefix_range_end
 
 from configcenter.cli.embedded_etcd import EtcdCluster
 from configcenter.errors import ConflictError, NotFoundError, PreconditionFailedError
-from configcenter.server.etcd import KeyLayout, RevisionCompacted, connect, read_range
-from configcenter.server.store import Store
+from configcenter.server.etcd import KeyLayout, RevisionCompacted, Store, connect, read_range
 
 
 @pytest.fixture

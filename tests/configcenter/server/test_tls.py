@@ -22,9 +22,9 @@ import pytest
 
 from configcenter.cli.embedded_etcd import EtcdCluster, free_port
 from configcenter.errors import ConfigError
-from configcenter.server import _tls_listener
+from configcenter.server.net import _tls_listener
+from configcenter.server.security import server_ssl_context
 from configcenter.server.settings import ServerTLS, load_settings
-from configcenter.server.tls import server_ssl_context
 from helpers import WRITER, Certs, RunningServer, SSEStream, envelope
 
 REPO = Path(__file__).resolve().parents[3]

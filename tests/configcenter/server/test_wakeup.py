@@ -1,11 +1,11 @@
-"""The subscriber's wakeup (server/_wakeup.py): set before or during a wait, or the timeout."""
+"""The subscriber's wakeup (server/watch/_wakeup.py): set before or during a wait, or the timeout."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from configcenter.server._wakeup import Wakeup
+from configcenter.server.watch._wakeup import Wakeup
 
 
 async def test_a_set_flag_returns_at_once_and_is_cleared() -> None:

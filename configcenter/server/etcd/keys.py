@@ -1,0 +1,105 @@
+"""Where things live in etcd under the configured prefix (default ``/configcenter/``).
+
+Names contain ``/`` and may be prefixes of each other (``team``, ``team/db``, ``teams``), so a
+range of one name's keys must end in a character no name can contain, or it also covers another
+name's keys.  ``#`` is that character (names are ``[a-z0-9._-]`` segments joined by ``/``):
+
+* ``docs/<ns>`` — the current record of ``ns``; its ``mod_revision`` is the release's revision.
+  Read one key at a time, or as a *prefix subscription* (``docs/team/``) on purpose.
+* ``history/<ns>#<version:012d>`` — every release of ``ns``, written in the same transaction as
+  ``docs/<ns>``.  ``history_range(ns)`` covers exactly the keys of ``ns``: a key of ``team/db``
+  (``history/team/db#…``) or of ``teams`` (``history/teams#…``) cannot fall inside
+  ``[history/team#, history/team$)``.
+* ``meta/history-layout`` — the migration marker (``configcenter.server.etcd.migration``).
+
+Layout 1 (before 0.2) wrote ``history/<ns>/<version:012d>``, whose range also covered every
+child namespace's keys.  Those *legacy* keys are still read during a migration (only keys whose
+remainder is exactly a 12-digit version count, so a child's keys are never taken for the
+parent's) and rewritten to layout 2 by ``configcenter migrate``.
+
+A history record copied by the migration keeps its release's revision in the record
+(``"revision"``): etcd gives the copy a new ``mod_revision``.  ``history_release`` reads either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from configcenter.model import Release
+
+NAME_END = b"#"  # ends every per-name range: no namespace or schema target contains it
+_VERSION_DIGITS = 12
+
+
+class KeyLayout:
+    """Key names under one prefix; see the module docstring for the layout and its rule."""
+
+    def __init__(self, prefix: str = "/configcenter/") -> None:
+        if not prefix.endswith("/"):
+            prefix += "/"
+        self.prefix = prefix
+        self.docs_prefix = f"{prefix}docs/".encode()
+        self.history_root = f"{prefix}history/".encode()
+        self.migration_key = f"{prefix}meta/history-layout".encode()
+
+    def doc_key(self, ns: str) -> bytes:
+        return self.docs_prefix + ns.encode()
+
+    def ns_of_doc_key(self, key: bytes) -> str:
+        return key[len(self.docs_prefix):].decode()
+
+    def history_prefix(self, ns: str) -> bytes:
+        """The start of ``ns``'s history range; only keys of ``ns`` start with it."""
+        return self.history_root + ns.encode() + NAME_END
+
+    def history_range(self, ns: str) -> tuple[bytes, bytes]:
+        """``[start, end)`` holding exactly the layout-2 history keys of ``ns``."""
+        start = self.history_prefix(ns)
+        return start, start[:-1] + bytes([NAME_END[0] + 1])
+
+    def history_key(self, ns: str, version: int) -> bytes:
+        return self.history_prefix(ns) + f"{version:0{_VERSION_DIGITS}d}".encode()
+
+    def legacy_history_range(self, ns: str) -> tuple[bytes, bytes]:
+        """``[start, end)`` of layout 1's keys of ``ns`` *and* of children whose next segment starts
+        with a digit: filter with ``parse_history_key`` (``ns`` must match)."""
+        base = self.history_root + ns.encode() + b"/"
+        return base + b"0", base + b":"
+
+    def legacy_history_key(self, ns: str, version: int) -> bytes:
+        return self.history_root + f"{ns}/{version:0{_VERSION_DIGITS}d}".encode()
+
+    def parse_history_key(self, key: bytes) -> tuple[str, int, bool] | None:
+        """``(ns, version, legacy)`` of a history key of either layout, or None if ``key`` is not one."""
+        if not key.startswith(self.history_root):
+            return None
+        rest = key[len(self.history_root):]
+        head, sep, version = rest.rpartition(NAME_END)
+        legacy = not sep
+        if legacy:
+            head, sep, version = rest.rpartition(b"/")
+        if not sep or not head or len(version) != _VERSION_DIGITS or not version.isdigit():
+            return None
+        return head.decode(), int(version), legacy
+
+    @staticmethod
+    def version_of_history_key(key: bytes) -> int:
+        return int(key[-_VERSION_DIGITS:])
+
+
+def history_revision(kv: Any, record: dict[str, Any]) -> int:
+    """The revision of the release a history key-value holds (a migrated copy carries it)."""
+    revision = record.get("revision")
+    return int(revision) if isinstance(revision, int) and revision > 0 else int(kv.mod_revision)
+
+
+def history_release(layout: KeyLayout, kv: Any) -> Release:
+    """The release a history key-value of either layout holds; ``ValueError`` if it is not one."""
+    parsed = layout.parse_history_key(kv.key)
+    if parsed is None:
+        raise ValueError(f"not a history key: {kv.key!r}")
+    record = orjson.loads(kv.value)
+    record["version"] = parsed[1]
+    return Release.from_record(parsed[0], history_revision(kv, record), record)

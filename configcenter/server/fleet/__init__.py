@@ -1,0 +1,7 @@
+"""The fleet: SDK instances' reports on etcd leases (capabilities, caps), the registry and rollouts."""
+
+from .registry import InstanceRegistry, classify, rollout
+from .report import MAX_REPORT_BYTES, Capability, Report, capability, instance_id, parse_report
+
+__all__ = ["MAX_REPORT_BYTES", "Capability", "InstanceRegistry", "Report", "capability", "classify", "instance_id",
+           "parse_report", "rollout"]
