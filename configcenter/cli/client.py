@@ -28,6 +28,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from configcenter_sdk import EventTooLargeError, SSEParser, wire
+
 from . import output as out
 
 EXIT_OK = 0
@@ -191,29 +193,20 @@ def decode_json(raw: bytes, status: int) -> Any:
 
 
 async def parse_sse(stream: aiohttp.StreamReader) -> AsyncIterator[SseEvent]:
-    """Decode a ``text/event-stream`` body: ``event:``/``id:``/``data:`` lines, blank line = dispatch."""
-    event: str = "message"
-    event_id: str | None = None
-    data: list[str] = []
-    async for raw_line in stream:
-        line = raw_line.decode("utf-8", errors="replace").rstrip("\r\n")
-        if not line:
-            if data:
-                revision = int(event_id.rpartition(":")[2]) if event_id is not None else None
-                yield SseEvent(event, revision, _decode_data("\n".join(data)), event_id)
-            event, event_id, data = "message", None, []
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "event":
-            event = value
-        elif name == "data":
-            data.append(value)
-        elif name == "id" and _EVENT_ID.fullmatch(value):
-            event_id = value
-
-
-_EVENT_ID = re.compile(r"(?:[0-9a-f]{1,16}:)?[0-9]{1,19}")  # <revision> or <cluster hex>:<revision>
+    """Decode a ``text/event-stream`` body with the SDK's bounded parser (``configcenter_sdk.wire``
+    documents the format); an event past its limit ends the watch with a clear error."""
+    parser = SSEParser()
+    async for chunk in stream.iter_any():
+        try:
+            events = parser.feed(chunk)
+        except EventTooLargeError as exc:
+            raise CliError(f"the server sent an event over the limit: {exc}") from exc
+        for event in events:
+            parsed = wire.parse_event_id(event.id)
+            yield SseEvent(event.event, parsed[1] if parsed else None, _decode_data(event.data),
+                           event.id if parsed else None)
+        if parser.error is not None:
+            raise CliError(f"the server sent an event over the limit: {parser.error}")
 
 
 def _decode_data(text: str) -> Any:
@@ -307,25 +300,25 @@ async def _watch_loop(client: Client, options: WatchOptions, state: WatchState) 
 
 def _handle_event(event: SseEvent, options: WatchOptions, state: WatchState) -> None:
     data = event.data if isinstance(event.data, dict) else {}
-    if event.event == "reset":
+    if event.event == wire.EVENT_RESET:
         state.printed.clear()
-    elif event.event == "change" and _replayed(data, state):
+    elif event.event == wire.EVENT_CHANGE and _replayed(data, state):
         return  # duplicate after a reconnect
     if event.id is not None:
         state.last_id, state.last_raw_id = event.id, event.raw_id
-    if event.event == "progress" and not options.verbose:
+    if event.event == wire.EVENT_PROGRESS and not options.verbose:
         return
-    if event.event == "change":
+    if event.event == wire.EVENT_CHANGE:
         state.seen += 1
     if options.json:
         print(orjson.dumps({"event": event.event, "id": event.id, "data": event.data}).decode(), flush=True)
-    elif event.event == "change":
+    elif event.event == wire.EVENT_CHANGE:
         print(out.change_line(data), flush=True)
-    elif event.event == "reset":
+    elif event.event == wire.EVENT_RESET:
         print(out.reset_line(data), flush=True)
-    elif event.event == "progress":
+    elif event.event == wire.EVENT_PROGRESS:
         print(out.progress_line(data), flush=True)
-    elif event.event == "invalid":
+    elif event.event == wire.EVENT_INVALID:
         _note(f"watch: {data.get('ns')} at revision {data.get('revision')} is unreadable: {data.get('error')}")
 
 

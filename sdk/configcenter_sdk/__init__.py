@@ -11,6 +11,8 @@ See ``docs/sdk.md`` for status/fallback semantics and the blocking :class:`SyncC
 
 from __future__ import annotations
 
+from . import wire
+from ._sse import SSEEvent, SSEParser
 from ._state import ClientError
 from .cache import CachedDoc, FallbackCache, Lookup
 from .client import ClientStatus, ConfigClient, Mode, NamespaceStatus
@@ -44,6 +46,8 @@ __all__ = [
     "RouteTable",
     "RouteTableError",
     "SDKError",
+    "SSEEvent",
+    "SSEParser",
     "SnapshotError",
     "SnapshotStore",
     "SyncConfigClient",
@@ -51,4 +55,5 @@ __all__ = [
     "UnknownServiceError",
     "compile_table",
     "stable_bucket",
+    "wire",
 ]

@@ -26,12 +26,12 @@ A reset at revision 0 (a server that has not read etcd yet) is never backwards.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
 
+from . import wire
 from ._sse import SSEEvent
 from ._state import Incoming, LocalState, classify_change, parse_release
 
@@ -39,16 +39,10 @@ __all__ = ["BACKWARDS_REASONS", "StreamState", "is_backwards", "parse_event_id"]
 
 log = logging.getLogger("configcenter_sdk.client")
 
-BACKWARDS_REASONS = frozenset({"cluster_changed", "revision_went_back", "resume_ahead_of_cluster"})
-_EVENT_ID = re.compile(r"(?:([0-9a-f]{1,16}):)?([0-9]{1,19})")
+BACKWARDS_REASONS = wire.BACKWARDS_REASONS
+parse_event_id = wire.parse_event_id
 
 Fetch = Callable[[str], Awaitable[Incoming | None]]
-
-
-def parse_event_id(raw: str | None) -> tuple[str | None, int] | None:
-    """``(cluster hex or None, revision)`` of an SSE id, None if absent or not of the server's format."""
-    match = _EVENT_ID.fullmatch(raw) if raw is not None else None
-    return None if match is None else (match.group(1), int(match.group(2)))
 
 
 def is_backwards(revision: int, reason: object, cluster: str | None, own: tuple[int, str | None]) -> bool:
@@ -87,18 +81,18 @@ class StreamState:
 
     async def apply(self, event: SSEEvent, url: str) -> None:
         """Apply one SSE event; malformed ones are logged and skipped (the revision does not advance)."""
-        if event.event == "invalid":
+        if event.event == wire.EVENT_INVALID:
             log.warning("server reports an unreadable record: %s", event.data)
             return
         parsed = parse_event_id(event.id)
         cluster = parsed[0] if parsed is not None else None
         try:
             data = orjson.loads(event.data)
-            if event.event == "reset":
+            if event.event == wire.EVENT_RESET:
                 await self._apply_reset(data, cluster, url)
-            elif event.event == "change":
+            elif event.event == wire.EVENT_CHANGE:
                 await self.apply_change(parse_release(data), complete=event.id is not None)
-            elif event.event == "progress":
+            elif event.event == wire.EVENT_PROGRESS:
                 self._apply_progress(data)
             else:
                 return
@@ -106,7 +100,7 @@ class StreamState:
             log.error("malformed %s event from %s skipped: %s", event.event, url, exc)
             return
         self.cluster = cluster or self.cluster
-        if event.event != "progress":
+        if event.event != wire.EVENT_PROGRESS:
             self._on_applied()
 
     async def _apply_reset(self, data: Mapping[str, Any], id_cluster: str | None, url: str) -> None:

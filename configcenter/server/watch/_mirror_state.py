@@ -19,14 +19,15 @@ import orjson
 from configcenter.model import Release
 from configcenter.server.etcd import client as _etcd
 from configcenter.server.metrics import Metrics
+from configcenter_sdk import wire
 
 from .changes import Change, ChangeRing
 
 log = logging.getLogger("configcenter.mirror")
 
 Listener = Callable[[list[Change]], None]
-COMPACTED = "compacted"  # etcd compacted the resume point (also a reset reason: the ring's floor rose)
-RESYNCED = "resynced"  # the ring's floor rose at a re-list for another reason
+COMPACTED = wire.COMPACTED  # etcd compacted the resume point (also a reset reason: the ring's floor rose)
+RESYNCED = wire.RESYNCED  # the ring's floor rose at a re-list for another reason
 
 
 class MirrorState:

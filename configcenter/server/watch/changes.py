@@ -20,7 +20,6 @@ of resuming at its revision and never seeing the rest.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,16 +29,15 @@ import orjson
 
 from configcenter.errors import InvalidArgumentError
 from configcenter.model import Release
+from configcenter_sdk import wire
 
-MAX_RESUME_ID = 64  # longest valid id is 16 hex + ":" + 19 digits = 36 characters
-MAX_REVISION = 2**63 - 1  # etcd revisions are int64
-RING_EXPIRED = "ring_expired"  # reset reason: the resume point fell out of the ring
-_RESUME_ID = re.compile(r"(?:([0-9a-f]{1,16}):)?([0-9]{1,19})")
+MAX_RESUME_ID = wire.MAX_EVENT_ID
+_CHANGE = wire.EVENT_CHANGE.encode()
 
 
 def event_id(cluster_id: int, revision: int) -> bytes:
     """The SSE ``id`` of an event at ``revision``: ``<cluster hex>:<revision>`` (plain revision if unknown)."""
-    return b"%x:%d" % (cluster_id, revision) if cluster_id else b"%d" % revision
+    return wire.format_event_id(cluster_id, revision).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +58,14 @@ def parse_resume_id(raw: str, source: str) -> ResumePoint:
     """
     shown = raw if len(raw) <= MAX_RESUME_ID else raw[:MAX_RESUME_ID] + "..."
     hint = "expected <revision> or <cluster hex>:<revision> as sent in an event id"
-    match = _RESUME_ID.fullmatch(raw) if len(raw) <= MAX_RESUME_ID else None
-    if match is None:
+    parsed = wire.parse_event_id(raw)
+    if parsed is None:
+        digits = raw.rpartition(":")[2]
+        if len(raw) <= MAX_RESUME_ID and digits.isascii() and digits.isdigit() and len(digits) <= 19:
+            raise InvalidArgumentError(f"{source} revision {int(digits)} is out of range (max {wire.MAX_REVISION})",
+                                       parameter=source)
         raise InvalidArgumentError(f"{source} must be a resume id ({hint}), got {shown!r}", parameter=source)
-    revision = int(match.group(2))
-    if revision > MAX_REVISION:
-        raise InvalidArgumentError(f"{source} revision {revision} is out of range (max {MAX_REVISION})",
-                                   parameter=source)
-    cluster = match.group(1)
+    cluster, revision = parsed
     return ResumePoint(revision, None if cluster is None else int(cluster, 16))
 
 
@@ -96,7 +94,7 @@ class Change:
     def sse(self, with_id: bool = True) -> bytes:
         """``[id/]event/data`` frame, encoded once and cached (both variants)."""
         if not self._sse:
-            body = b"event: change\ndata: %s\n\n" % orjson.dumps(self.to_json())
+            body = b"event: %s\ndata: %s\n\n" % (_CHANGE, orjson.dumps(self.to_json()))
             self._sse.extend((b"id: %s\n%s" % (event_id(self.cluster_id, self.revision), body), body))
         return self._sse[0 if with_id else 1]
 
@@ -137,7 +135,7 @@ class ChangeRing:
         self._items: deque[Change] = deque()
         self.capacity = capacity
         self.floor = floor
-        self.floor_reason = RING_EXPIRED  # why a resume point below the floor gets a reset
+        self.floor_reason = wire.RING_EXPIRED  # why a resume point below the floor gets a reset
 
     def extend(self, changes: Iterable[Change]) -> None:
         for change in changes:
@@ -146,7 +144,7 @@ class ChangeRing:
             dropped = self._items.popleft()
             # Keep whole transactions: the floor may only sit between revisions.
             self.floor = dropped.revision
-            self.floor_reason = RING_EXPIRED
+            self.floor_reason = wire.RING_EXPIRED
             while self._items and self._items[0].revision == dropped.revision:
                 self._items.popleft()
 
@@ -154,7 +152,7 @@ class ChangeRing:
         """Forget everything: only subscribers at or above ``floor`` can be caught up."""
         self._items.clear()
         self.floor = floor
-        self.floor_reason = RING_EXPIRED
+        self.floor_reason = wire.RING_EXPIRED
 
     def raise_floor(self, floor: int, reason: str) -> None:
         """Resume points below ``floor`` can no longer be caught up exactly (``reason``: why, for

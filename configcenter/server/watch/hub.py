@@ -73,6 +73,7 @@ from configcenter.errors import EtcdUnavailableError
 from configcenter.server.limits import Limits
 from configcenter.server.metrics import Metrics
 from configcenter.server.security import request_info
+from configcenter_sdk import wire
 from configcenter_sdk.names import namespace_matcher
 
 from ._detached import DetachedStreams
@@ -364,12 +365,13 @@ class Hub:
         cluster = self._mirror.cluster_id
         data = orjson.dumps({"revision": revision, "reason": reason, "cluster": f"{cluster:x}",
                              "namespaces": {ns: r.to_json() for ns, r in docs.items()}})
-        return b"id: %s\nevent: reset\ndata: %s\n\n" % (event_id(cluster, revision), data)
+        return b"id: %s\nevent: %s\ndata: %s\n\n" % (event_id(cluster, revision), wire.EVENT_RESET.encode(), data)
 
     def _progress_frame(self, sub: Subscription) -> bytes:
         revision = max(self._mirror.applied_revision, sub.floor)
         sub.floor = revision
         stale = round(self._mirror.stale_seconds(), 3)
         data = orjson.dumps({"revision": revision, "stale": stale > 0, "stale_seconds": stale})
-        return b"id: %s\nevent: progress\ndata: %s\n\n" % (event_id(self._mirror.cluster_id, revision), data)
+        return b"id: %s\nevent: %s\ndata: %s\n\n" % (event_id(self._mirror.cluster_id, revision),
+                                                    wire.EVENT_PROGRESS.encode(), data)
 

@@ -69,6 +69,7 @@ from etcd3aio import Etcd3Client, prefix_range_end
 from configcenter.server.etcd import client as _etcd
 from configcenter.server.limits import WatchTuning
 from configcenter.server.metrics import Metrics
+from configcenter_sdk import wire
 
 from ._backfill import recent_changes
 from ._mirror_state import COMPACTED, RESYNCED, MirrorState
@@ -79,8 +80,8 @@ from .changes import Change
 
 log = logging.getLogger("configcenter.mirror")
 
-CLUSTER_CHANGED = "cluster_changed"
-REVISION_WENT_BACK = "revision_went_back"
+CLUSTER_CHANGED = wire.CLUSTER_CHANGED
+REVISION_WENT_BACK = wire.REVISION_WENT_BACK
 PROGRESS_UNVERIFIED = "progress_unverified"  # progress kept failing verification and the state differs
 AUDIT_AFTER = 2  # failed progress verifications in a row before the whole state is compared
 AUDIT_QUIET = 12  # progress responses (not advancing) between two comparisons of a quiet mirror

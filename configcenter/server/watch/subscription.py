@@ -10,19 +10,19 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from configcenter_sdk import wire
+
 from ._sse_channel import Body, SseChannel
 from ._stream_limits import Ticket
 from ._wakeup import Wakeup
 from .changes import Change, sse_frames
-from .mirror import CLUSTER_CHANGED, REVISION_WENT_BACK
 
 Matcher = Callable[[str], bool]
-NO_RESUME_POINT = "no_resume_point"
-RING_EXPIRED = "ring_expired"
-QUEUE_OVERFLOW = "queue_overflow"
-RESUME_AHEAD = "resume_ahead_of_cluster"
-# resets whose revision may be below the client's (etcd went back or is another cluster)
-BACKWARDS = frozenset({CLUSTER_CHANGED, RESUME_AHEAD, REVISION_WENT_BACK})
+NO_RESUME_POINT = wire.NO_RESUME_POINT
+RING_EXPIRED = wire.RING_EXPIRED
+QUEUE_OVERFLOW = wire.QUEUE_OVERFLOW
+RESUME_AHEAD = wire.RESUME_AHEAD
+BACKWARDS = wire.BACKWARDS_REASONS  # resets whose revision may be below the client's
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +35,7 @@ class InvalidNotice:
 
     def sse(self) -> bytes:
         data = orjson.dumps({"ns": self.ns, "revision": self.revision, "error": self.error})
-        return b"event: invalid\ndata: %s\n\n" % data
+        return b"event: %s\ndata: %s\n\n" % (wire.EVENT_INVALID.encode(), data)
 
 
 Item = Change | InvalidNotice
