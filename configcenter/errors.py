@@ -1,9 +1,14 @@
-"""The server's exception hierarchy and its one mapping to HTTP statuses.
+"""The server's exception hierarchy, each class with its HTTP status.
 
 Every error the server raises on purpose is a :class:`ConfigCenterError`
 carrying a stable machine ``code``, a one-line ``message`` for people and a
-``details`` mapping for scripts.  The HTTP status lives on the class, so the
-API layer never decides statuses itself: ``error_status`` is the single map.
+``details`` mapping for scripts.  The HTTP status lives on the class
+(``status``), so no handler decides statuses itself: the one place that turns an
+exception into an answer is ``configcenter.server.http.api.error_response`` (the
+middleware calls it), which answers these classes with their own status, body
+(``to_json``) and headers, and maps the rest (aiohttp's HTTP errors, a client
+hanging up, 500 for anything unexpected).  ``error_status`` states the same rule
+for a bare exception; the server's request path does not call it.
 """
 
 from __future__ import annotations
@@ -58,6 +63,9 @@ class UnauthorizedError(ConfigCenterError):
     status = 401
     code = "unauthorized"
 
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}  # RFC 9110 §15.5.2: a 401 names the scheme to use
+
 
 class ForbiddenError(ConfigCenterError):
     """The token is valid but its role may not do this."""
@@ -78,6 +86,33 @@ class ConflictError(ConfigCenterError):
 
     status = 409
     code = "conflict"
+
+
+class FrozenError(ConfigCenterError):
+    """A change freeze covers the namespace: the write is refused until the freeze ends or an admin
+    overrides it with a reason.  423 Locked (the resource is locked, not in conflict with the request:
+    the same request succeeds once the freeze ends); ``details`` name the freeze's target, reason,
+    who set it and its window."""
+
+    status = 423
+    code = "frozen"
+
+
+class HeldForReview(ConfigCenterError):
+    """Not an error: a review policy governs the namespace, so the write became a *proposal* that a
+    second principal must approve.  Raised from inside the write (the release gate decides in the
+    write's own transaction, so every write path gets it) and answered 202 with the proposal as the
+    body (``{"proposal": {...}, "message"}``) instead of the error envelope."""
+
+    status = 202
+    code = "proposal_created"
+
+    def __init__(self, message: str, proposal: dict[str, Any]) -> None:
+        super().__init__(message, proposal=proposal["id"])
+        self.proposal = proposal
+
+    def to_json(self) -> dict[str, Any]:
+        return {"proposal": self.proposal, "message": self.message}
 
 
 class PreconditionFailedError(ConfigCenterError):

@@ -28,11 +28,11 @@ class Limits:
     read_queue: int = 2  # such reads waiting (each may hold a body or two documents); more get 429
     read_worker_max_rss: int = 268_435_456  # a read worker past this RSS after a job is replaced (address space: 4x)
     read_job_timeout: float = 30.0  # seconds one read-worker job may take; then the worker is killed (503)
-    max_instances: int = 10_000  # live SDK instance records in etcd; new ones past it get 429 (instances.py)
+    max_instances: int = 10_000  # live SDK instance records in etcd; new ones past it get 429 (fleet/_admission.py)
     max_instances_per_client: int = 1_000  # the same per token name, or per address (IPv6: per /64) without one
     max_streams_per_address: int = 1_024  # open watch streams from one client address (IPv6: per /64); 429 past it
     max_streams_per_principal: int = 4_096  # open watch streams of one token name; 429 past it
-    drain_timeout: float = 30.0  # seconds a stream's client may take to read what was written to it (hub.py)
+    drain_timeout: float = 30.0  # seconds a stream's client may leave written bytes unread (watch/_sse_channel.py)
 
 
 ETCD_MAX_REQUEST_BYTES = 1_572_864  # etcd's default --max-request-bytes (1.5 MiB)
@@ -60,4 +60,4 @@ class WatchTuning:
     backoff_max: float = 5.0
     etcd_timeout: float = 5.0
     write_visibility_timeout: float = 2.0
-    instance_ttl: float = 30.0  # lease of an SDK instance's report (instances.py); SDKs heartbeat every ttl/3
+    instance_ttl: float = 30.0  # lease of an SDK instance's report (fleet/registry.py); SDKs heartbeat every ttl/3

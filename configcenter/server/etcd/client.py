@@ -1,17 +1,24 @@
-"""Thin glue over etcd3aio: client construction and error mapping (the key layout is ``keys.py``).
+"""The etcd client: its channel, paged reads, the raw streams' plumbing and error mapping (the key
+layout is ``keys.py``; every etcd3aio internal is in ``_etcd3aio.py``).
 
-Kept private so the rest of the server speaks in namespaces and releases,
-never in raw keys or gRPC status codes.
+The rest of the server reaches it through this package (``etcd/__init__``) and speaks in namespaces
+and releases, never in raw keys or gRPC status codes: ``etcd_errors`` turns every way a call fails for
+lack of etcd into ``EtcdUnavailableError`` (503; a refusal by etcd's authentication says so), and
+etcd's "request is too large" into ``PayloadTooLargeError``.
 
-The client (``EtcdClient``) is etcd3aio's on a gRPC channel built here: TLS from
-``etcd.tls`` (or implied by https:// endpoints), and with ``etcd.username`` a
-``TokenKeeper`` plus a channel interceptor that put etcd's auth token on every call,
-the mirror's raw Watch stream included (``_etcd_auth``).
+The client (``EtcdClient``, made by ``connect``) is etcd3aio's on a gRPC channel built here
+(``_Channels``, installed as its channel factory; it refuses to connect on a channel it did not
+build: ``_etcd3aio``): TLS from ``etcd.tls`` (or implied by https:// endpoints), and with
+``etcd.username`` a ``TokenKeeper`` plus a channel interceptor that put etcd's auth token on every
+call, the mirror's raw Watch stream included (``_auth``).  The raw bidirectional streams (the
+mirror's Watch with progress requests, which etcd3aio's ``watch()`` does not send; the registry's
+LeaseKeepAlive) are fed through ``RequestStream``.
 
 Ranges that can be large (``docs/``, ``history/``) are read with ``read_range``: pages of
 ``LIST_PAGE`` keys, all at the revision of the first page, so the result is one consistent
-snapshot however many pages it takes.  A page of big records can still exceed gRPC's default
-4 MB receive limit, so the channel lifts it (``MAX_RECEIVE_BYTES``, as etcd's own Go client does).
+snapshot however many pages it takes; ``read_range_since`` reads only what changed since a revision
+(the mirror's window).  A page of big records can still exceed gRPC's default 4 MB receive limit, so
+the channel lifts it (``MAX_RECEIVE_BYTES``, as etcd's own Go client does).
 """
 
 from __future__ import annotations
@@ -161,7 +168,7 @@ def connect(endpoints: Sequence[str], *, tls: EtcdTLS | None = None, credentials
 
     TLS when ``tls`` is given or an endpoint is https:// (then with the system CA store unless
     ``tls.ca_file``); ``ConfigError`` if its files are unusable.  With ``credentials`` every call
-    carries an auth token of that user (``_etcd_auth``); ``prefix`` only serves error messages.
+    carries an auth token of that user (``_auth``); ``prefix`` only serves error messages.
     """
     if tls is None and any(e.startswith("https://") for e in endpoints):
         tls = EtcdTLS()
@@ -172,8 +179,9 @@ def connect(endpoints: Sequence[str], *, tls: EtcdTLS | None = None, credentials
 
 
 def watch_stub(client: Etcd3Client) -> rpc_pb2_grpc.WatchStub:
-    """A raw Watch stub on the client's channel (see module note on progress requests); the
-    channel's interceptor adds the auth token to its calls when an etcd user is configured."""
+    """A raw Watch stub on the client's channel (the mirror sends progress requests, which etcd3aio's
+    ``watch()`` does not); the channel's interceptor adds the auth token to its calls when an etcd user
+    is configured."""
     return rpc_pb2_grpc.WatchStub(channel_of(client))
 
 

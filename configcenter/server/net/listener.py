@@ -19,11 +19,16 @@ handshake (which must finish within ``header_timeout`` too).  TLS connections sh
 read buffer (``_tls_listener``) instead of asyncio's 256 KiB each.
 
 ``detach`` hands a connection over from aiohttp to an event stream once the
-response head is out (``_detached``): aiohttp is told the connection is gone
-(``connection_lost(None)``: it drops its request handler, parser and task and
-never touches the transport again, which it no longer holds), and the guard
-forwards the connection's events to the stream instead.  The connection still
-counts against the cap, with no header deadline.
+response head is out (``watch/_detached.py``): aiohttp lets go of it
+(``_aiohttp.release_connection``, the one place on aiohttp's internals: it drops
+its request handler, parser and task and never touches the transport again), and
+the guard forwards the connection's events to the stream instead.  The
+connection still counts against the cap, with no header deadline.
+
+``GuardedSite`` is the listener, on aiohttp's public API only: a ``web.BaseSite``
+(registered with its runner, so ``runner.cleanup()`` stops it before shutting the
+connections down) over ``loop.create_server`` with the guarded ``runner.server``
+as protocol factory; ``site.port`` / ``site.name`` give the bound port.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from aiohttp import web
 
 from configcenter.server.metrics import Metrics
 
+from ._aiohttp import release_connection
 from ._tls_listener import tls_protocol_factory
 
 log = logging.getLogger("configcenter.listener")
@@ -78,12 +84,12 @@ class ConnectionGuard:
 
     def detach(self, transport: Any, stream: Any) -> bool:
         """Give ``transport`` to ``stream`` (an ``asyncio.Protocol``-like object without
-        ``connection_made``); False, nothing changed, if this guard does not hold it."""
+        ``connection_made``); False, nothing changed, if this guard does not hold it or aiohttp
+        cannot let go of it (``_aiohttp.release_connection``: the stream then keeps its task)."""
         guarded = self._by_transport.get(transport)
         if guarded is None or guarded.detached:
             return False
-        guarded.detach(stream)
-        return True
+        return guarded.detach(stream)
 
     def _opened(self, transport: Any, guarded: _GuardedProtocol) -> bool:
         if self.open >= self.max_connections:
@@ -152,12 +158,13 @@ class _GuardedProtocol(asyncio.Protocol):
         self._busy = busy or self.detached
         self._disarm()
 
-    def detach(self, stream: Any) -> None:
-        inner, self._inner = self._inner, stream
+    def detach(self, stream: Any) -> bool:
+        if not release_connection(self._inner, self._transport):
+            return False
+        self._inner = stream
         self.detached = self._busy = True
         self._disarm()
-        inner.transport = None  # so aiohttp's connection_lost cannot close it (its force_close would)
-        inner.connection_lost(None)
+        return True
 
     def _arm(self) -> None:
         loop = asyncio.get_running_loop()
@@ -178,19 +185,43 @@ class _GuardedProtocol(asyncio.Protocol):
         self._transport.close()
 
 
-class GuardedSite(web.TCPSite):
-    """``web.TCPSite`` whose connections go through a :class:`ConnectionGuard`."""
+class GuardedSite(web.BaseSite):
+    """A listener for ``runner``'s app whose connections go through a :class:`ConnectionGuard`.
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int, guard: ConnectionGuard,
-                 *, ssl_context: ssl.SSLContext | None = None, reuse_port: bool | None = None) -> None:
-        super().__init__(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port)
+    aiohttp's public API only: ``BaseSite.start``/``stop`` register and unregister the site with its
+    runner (``runner.cleanup()`` stops its sites first), ``runner.server`` is the protocol factory, and the
+    listening socket is our own ``loop.create_server``.  Before ``start`` ``port`` is the requested port
+    (0: any); after, the bound one (the first socket's, as ``web.TCPSite``).
+    """
+
+    def __init__(self, runner: web.BaseRunner, host: str | None, port: int, guard: ConnectionGuard,
+                 *, ssl_context: ssl.SSLContext | None = None, reuse_port: bool | None = None,
+                 backlog: int = 128) -> None:
+        super().__init__(runner, backlog=backlog)
+        self._app_runner = runner
+        self._listen = (host, port, backlog, reuse_port)
+        self._tls = ssl_context
         self._guard = guard
+        self._listening: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        sockets = self._listening.sockets if self._listening is not None else ()
+        return int(sockets[0].getsockname()[1]) if sockets else self._listen[1]
+
+    @property
+    def name(self) -> str:
+        """``scheme://host:port`` (host as given, ``0.0.0.0`` for all interfaces; the bound port once started)."""
+        host = self._listen[0] or "0.0.0.0"
+        return f"{'https' if self._tls else 'http'}://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     async def start(self) -> None:
-        await web.BaseSite.start(self)  # registers the site with its runner
-        server = self._runner.server
-        assert server is not None
-        factory, context = self._guard.wrap(server), self._ssl_context
+        """Listen; ``OSError`` if the address cannot be bound."""
+        await super().start()  # registers the site with its runner
+        server = self._app_runner.server
+        if server is None:
+            raise RuntimeError("call runner.setup() before starting a site")
+        factory, context = self._guard.wrap(server), self._tls
         tls: dict[str, Any] = {}
         if context is not None:
             lean = tls_protocol_factory(factory, context, handshake_timeout=self._guard.header_timeout)
@@ -198,7 +229,12 @@ class GuardedSite(web.TCPSite):
                 factory, context = lean, None
             else:
                 tls = {"ssl_handshake_timeout": self._guard.header_timeout}
-        self._server = await asyncio.get_running_loop().create_server(
-            factory, self._host, self._port, ssl=context, **tls,
-            backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port,
-        )
+        host, port, backlog, reuse_port = self._listen
+        self._listening = await asyncio.get_running_loop().create_server(
+            factory, host, port, ssl=context, backlog=backlog, reuse_port=reuse_port, **tls)
+
+    async def stop(self) -> None:
+        """Stop listening (open connections are the runner's to shut down) and unregister from the runner."""
+        if self._listening is not None:
+            self._listening.close()
+        await super().stop()

@@ -1,7 +1,8 @@
 """The watch pipeline, in the order data flows: ``mirror`` (list + watch of etcd, resume, divergence,
-compaction windows) -> ``changes`` (the change ring, event ids, backfill) -> ``hub`` (fan-out, resume,
-overflow -> reset) -> the SSE channel (detached streams, wakeup).  ``subscription`` is the leaf the hub
-and the detached streams share."""
+compaction windows, the ring's backfill from history) -> ``changes`` (the change, the catch-up ring,
+event ids) -> ``hub`` (fan-out, resume, overflow -> reset, per-client stream caps) -> the SSE channel
+(chunks straight to the socket, detached streams, wakeup).  ``subscription`` is the leaf the hub and the
+detached streams share."""
 
 from .changes import Change, ChangeRing, ResumePoint, event_id, parse_resume_id, sse_frames
 from .hub import Hub

@@ -5,10 +5,12 @@ request handler, parser, request and response for as long as it is open: ~13 KiB
 subscriber, the cost of an idle aiohttp keep-alive connection.  What a stream needs is its
 transport, its ``Subscription`` and its ``SseChannel``.
 
-How: after the response head and the catch-up, ``Hub.stream`` asks the connection guard to
-detach the connection (``listener.ConnectionGuard.detach``); aiohttp forgets it and the guard
-forwards its events to a :class:`DetachedStream`.  From then on, with the same frames, order
-and contract as the task path in ``hub.py``:
+How: after the response head and the catch-up, ``Hub._serve`` asks the connection guard to
+detach the connection (``net.ConnectionGuard.detach``, given to the hub by the runtime); aiohttp
+lets go of it (``net/_aiohttp.py``, the one module on aiohttp's internals; where it cannot, the
+guard refuses and the stream stays on its task) and the guard forwards its events to a
+:class:`DetachedStream`.  This module touches no aiohttp API itself.  From then on, with the same
+frames, order and contract as the task path in ``hub.py``:
 
 * changes still go from the fan-out straight to the socket (``SseChannel.try_write``);
 * what the fan-out could not write (a lagging peer's queue, a reset) is written by
@@ -59,7 +61,7 @@ class DetachedStream:
         self._scheduled = False
         self._owner.flush(self.sub)
 
-    # -- the connection's events (``listener._GuardedProtocol`` forwards them) ----------
+    # -- the connection's events (``net.listener._GuardedProtocol`` forwards them) ------
     def data_received(self, data: bytes) -> None:
         """A subscriber has nothing more to say once its request is read: ignored."""
 

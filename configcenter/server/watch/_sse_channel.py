@@ -5,8 +5,10 @@ through it means waking N tasks (a wakeup, a ``wait_for`` and a write each).  On
 response's headers are out, the body of an event stream is just bytes on the socket, so
 ``SseChannel`` writes them itself, synchronously, as HTTP/1.1 chunks (RFC 9112 §7.1, the
 framing aiohttp announced with ``Transfer-Encoding: chunked``; HTTP/1.0 gets raw bytes
-and the end of the connection ends the body).  aiohttp still ends the body (``0\\r\\n\\r\\n``)
-when the handler returns.
+and the end of the connection ends the body).  Taking the body over from aiohttp is
+``net.open_raw_body`` (``net/_aiohttp.py``, the one module on aiohttp's internals, contract-tested):
+on the task path aiohttp still ends the body (``0\\r\\n\\r\\n``) when the handler returns; a detached
+stream (``_detached``) is ended by ``end()``.
 
 Contract: after ``open()`` every byte of the body goes through the channel, never through
 ``StreamResponse.write``, so the order of frames is the order of ``try_write``/``write``
@@ -29,10 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import cast
 
 from aiohttp import web
-from aiohttp.http import HttpVersion11
+
+from configcenter.server.net import open_raw_body
 
 HIGH_WATER = 256 * 1024  # bytes buffered for one peer before the fast path stops
 DRAIN_POLL = 0.02  # seconds between checks while a slow peer drains
@@ -80,15 +82,8 @@ class SseChannel:
     async def open(cls, request: web.Request, resp: web.StreamResponse, *,
                    drain_timeout: float = DRAIN_TIMEOUT) -> SseChannel:
         """Send the headers of ``resp`` and take over its body; ConnectionResetError if the peer left."""
-        chunked = request.version >= HttpVersion11
-        if chunked:
-            resp.enable_chunked_encoding()
-        await resp.prepare(request)
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("the subscriber went away")
-        # duck-typed: uvloop's TCPTransport has the same methods but is not an asyncio.Transport subclass
-        return cls(cast(asyncio.Transport, transport), chunked=chunked, drain_timeout=drain_timeout)
+        transport, chunked = await open_raw_body(request, resp)
+        return cls(transport, chunked=chunked, drain_timeout=drain_timeout)
 
     @property
     def transport(self) -> asyncio.Transport:

@@ -19,13 +19,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from configcenter.cli.embedded_etcd import EtcdCluster, free_port
 from configcenter.errors import ConfigError
-from configcenter.server.net import _tls_listener
+from configcenter.server.metrics import Metrics
+from configcenter.server.net import ConnectionGuard, GuardedSite, _tls_listener
 from configcenter.server.security import server_ssl_context
 from configcenter.server.settings import ServerTLS, load_settings
-from helpers import WRITER, Certs, RunningServer, SSEStream, envelope
+from helpers import WRITER, Certs, RunningServer, SSEStream, envelope, server_tls
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -185,6 +187,23 @@ def test_serve_with_a_key_not_matching_the_certificate_exits_2(certs: Certs) -> 
 
 def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("CONFIGCENTER_")}
+
+
+async def test_a_tls_listener_names_itself_https_with_the_bound_port(
+        https: aiohttp.ClientSession, certs: Certs) -> None:
+    """Port 0 and TLS: ``site.name`` is the https URL of the bound port, and it answers (the handshake
+    through the listener's shared-buffer TLS)."""
+    runner = web.AppRunner(web.Application(), shutdown_timeout=0.5)
+    await runner.setup()
+    site = GuardedSite(runner, "127.0.0.1", 0, ConnectionGuard(10, 5.0, Metrics()),
+                       ssl_context=server_ssl_context(server_tls(certs)))
+    await site.start()
+    try:
+        assert site.port != 0 and site.name == f"https://127.0.0.1:{site.port}"
+        async with https.get(f"{site.name}/nothing-here") as resp:
+            assert resp.status == 404  # aiohttp's answer, over TLS
+    finally:
+        await runner.cleanup()
 
 
 # ------------------------------------------------- TLS connections without a read buffer each (_tls_listener)
