@@ -1,6 +1,7 @@
 """Data model: namespace names, document kinds and the release record.
 
-A *release* is one write of a namespace (push, rollback or delete).  Its
+A *release* is one write of a namespace (push, rollback, delete, or a canary's start, update,
+abort or promotion: ``docs/architecture.md``, "Canary releases").  Its
 ``revision`` is the etcd global revision of the transaction that wrote it,
 so revisions order all releases across namespaces; ``version`` counts the
 releases of one namespace (1, 2, 3 …) and never restarts, not even after a
@@ -17,14 +18,15 @@ from typing import Any, Literal
 from .errors import InvalidNamespaceError
 
 Kind = Literal["routes", "config"]
-Op = Literal["push", "rollback", "delete"]
+#: ``canary_*`` / ``promote``: canary releases (``docs/architecture.md``, "Canary releases")
+Op = Literal["push", "rollback", "delete", "canary_start", "canary_update", "canary_abort", "promote"]
 KINDS: tuple[str, ...] = ("routes", "config")
 
 _SEGMENT = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 MAX_SEGMENTS = 4
 #: Last segments that would collide with the API's sub-resources
 #: (``/v1/namespaces/{ns}/history`` …), so they are not valid names.
-RESERVED_LAST_SEGMENTS = frozenset({"history", "diff", "rollback", "route", "rollout"})
+RESERVED_LAST_SEGMENTS = frozenset({"history", "diff", "rollback", "route", "rollout", "canary", "promote"})
 
 
 def validate_namespace(ns: str) -> str:
@@ -74,6 +76,10 @@ class Origin:
     trace_id: str = ""
     client: str = ""
     user_agent: str = ""
+    # what the request may do beyond its stamp (never stored as such): the principal's role, and the
+    # reason an admin gave to override a change freeze (``?override_freeze=``), for the release gate
+    role: str = ""
+    override_freeze: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +89,10 @@ class Release:
     ``doc`` is ``None`` for deletions.  ``from_revision`` is set for rollbacks.
     ``author`` is free text the client *claims* (unverified); ``principal``, ``trace_id``,
     ``client`` and ``user_agent`` are the server's :class:`Origin` stamp (empty strings in
-    records written before they existed, or around the API).
+    records written before they existed, or around the API).  ``approved_by``: the principal who
+    approved the change under a review policy (``principal`` is then its author);
+    ``freeze_override``: the reason an admin gave to write through a change freeze.  Both are
+    stored only when set.
     """
 
     ns: str
@@ -100,6 +109,12 @@ class Release:
     trace_id: str = ""
     client: str = ""
     user_agent: str = ""
+    approved_by: str = ""
+    freeze_override: str = ""
+    #: the active canary (``{started, target, candidate: {kind, doc}, abort_on_reject, principal, message,
+    #: trace_id}``; ``kind``/``doc`` stay the base) and, on a ``promote``, the ``started`` of the canary promoted
+    canary: dict[str, Any] | None = None
+    from_canary: int | None = None
 
     @property
     def origin(self) -> Origin:
@@ -122,6 +137,14 @@ class Release:
         }
         if self.from_revision is not None:
             out["from_revision"] = self.from_revision
+        if self.approved_by:
+            out["approved_by"] = self.approved_by
+        if self.freeze_override:
+            out["freeze_override"] = self.freeze_override
+        if self.canary is not None:
+            out["canary"] = self.canary
+        if self.from_canary is not None:
+            out["from_canary"] = self.from_canary
         return out
 
     def to_json(self, *, with_doc: bool = True) -> dict[str, Any]:
@@ -129,6 +152,9 @@ class Release:
         out = {"ns": self.ns, "revision": self.revision, **self.record()}
         if not with_doc:
             out.pop("doc")
+            if self.canary is not None:  # the candidate's document goes with the base's
+                candidate = {k: v for k, v in self.canary["candidate"].items() if k != "doc"}
+                out["canary"] = {**self.canary, "candidate": candidate}
         return out
 
     @classmethod
@@ -149,4 +175,16 @@ class Release:
             trace_id=str(record.get("trace_id", "")),
             client=str(record.get("client", "")),
             user_agent=str(record.get("user_agent", "")),
+            approved_by=str(record.get("approved_by", "")),
+            freeze_override=str(record.get("freeze_override", "")),
+            canary=_canary_of(record.get("canary"), revision),
+            from_canary=record.get("from_canary"),
         )
+
+
+def _canary_of(canary: Any, revision: int) -> dict[str, Any] | None:
+    """A stored canary with its ``started``: a ``canary_start`` record cannot know its own revision
+    before its transaction commits, so it is stored without one and is the revision it was read at."""
+    if not isinstance(canary, dict):
+        return None
+    return canary if canary.get("started") else {**canary, "started": revision}

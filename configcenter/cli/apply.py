@@ -35,6 +35,7 @@ from ..validation import validate_document
 from . import output as out
 from .apply_files import Source, load_sources
 from .client import EXIT_OK, EXIT_PRECONDITION, EXIT_SERVER_ERROR, Client, CliError, current_release, usage_error
+from .release_cli import held, held_line
 from .rollout import add_wait_flags, wait_for_rollout
 
 DEFAULT_MESSAGE = "configcenter apply"
@@ -169,6 +170,9 @@ async def execute(client: Client, step: Step, args: argparse.Namespace) -> None:
             step.error = f"changed since revision {step.from_revision} (someone else wrote): re-run apply"
         elif exc.status == 403 and step.action == "delete":
             step.error = f"--prune needs a token with the admin role: {exc.message}"
+        return
+    if held(release):  # a review policy holds the change as a proposal: nothing released yet
+        step.status, step.error = "held", held_line(release)
         return
     step.status, step.revision = "done", release["revision"]
 

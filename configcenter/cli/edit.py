@@ -27,6 +27,7 @@ from .apply import check, server_schemas
 from .apply_files import Source, load_source
 from .client import EXIT_OK, EXIT_PRECONDITION, Client, CliError, usage_error
 from .envelope import from_release
+from .release_cli import held, held_line
 
 ERROR_PREFIX = "# error: "
 HEADER = "# Edit {ns} and save to push it (revision {revision}); an empty file or no change cancels.\n"
@@ -107,6 +108,9 @@ async def push_edit(client: Client, source: Source, current: dict[str, Any], arg
             raise CliError(f"{source.ns} changed since revision {current['revision']} while you edited; "
                            f"nothing was pushed; your version is in {path}", EXIT_PRECONDITION) from exc
         raise CliError(f"{exc.message}; your version is in {path}", exc.code, exc.status) from exc
+    if held(release):  # a review policy holds it as a proposal
+        print(held_line(release), flush=True)
+        return EXIT_OK
     print(f"pushed {source.ns} revision {release['revision']} (version {release['version']})", flush=True)
     return EXIT_OK
 

@@ -24,9 +24,11 @@ from ..model import KINDS, validate_namespace, validate_prefix
 from . import envelope
 from . import output as out
 from .apply import add_apply_command
+from .canary_cli import add_canary_commands, add_canary_flags, canary_section, push_canary
 from .client import EXIT_OK, EXIT_USAGE, Client, CliError, WatchOptions, request_id_arg, usage_error, watch
 from .edit import add_edit_command
 from .migrate_cli import add_migrate_command
+from .release_cli import add_override_flag, add_release_commands, held, held_line, override_params
 from .rollout import add_rollout_command, add_wait_flags, after_write
 from .schema_cli import add_schema_command
 
@@ -105,7 +107,13 @@ async def cmd_push(args: argparse.Namespace, client: Client) -> int:
     if not args.kind and envelope.needs_kind(data):  # an existing namespace keeps its kind
         args.kind = await envelope.existing_kind(client, ns)
     body = push_body(data, args)
-    release = await client.call("PUT", f"/v1/namespaces/{ns}", body=body, if_revision=args.if_revision)
+    if args.canary is not None or args.abort_on_reject:  # only to the selected instances (canary_cli.py)
+        return await push_canary(args, client, ns, body)
+    release = await client.call("PUT", f"/v1/namespaces/{ns}", body=body, if_revision=args.if_revision,
+                                params=override_params(args) or None)
+    if held(release):  # 202: a review policy holds it as a proposal
+        emit(out.to_json(release) if args.json else held_line(release))
+        return EXIT_OK
     emit(out.to_json(release) if args.json else
          f"pushed {ns} revision {release['revision']} (version {release['version']})")
     return await after_write(args, client, ns, release["revision"])
@@ -122,7 +130,8 @@ async def cmd_get(args: argparse.Namespace, client: Client) -> int:
     elif args.format == "json":
         emit(out.document(release.get("doc"), "json").rstrip("\n"))
     else:
-        sys.stdout.write(out.release_header(release) + "\n" + out.document(release.get("doc"), "yaml"))
+        sys.stdout.write(out.release_header(release) + "\n" + out.document(release.get("doc"), "yaml")
+                         + canary_section(release))
         sys.stdout.flush()
     return EXIT_OK
 
@@ -174,7 +183,11 @@ async def cmd_diff(args: argparse.Namespace, client: Client) -> int:
 async def cmd_rollback(args: argparse.Namespace, client: Client) -> int:
     ns = namespace(args.ns)
     body: dict[str, Any] = {"to_revision": args.to_revision, "message": args.message or "", "author": author_of(args)}
-    release = await client.call("POST", f"/v1/namespaces/{ns}/rollback", body=body, if_revision=args.if_revision)
+    release = await client.call("POST", f"/v1/namespaces/{ns}/rollback", body=body, if_revision=args.if_revision,
+                                params=override_params(args) or None)
+    if held(release):
+        emit(out.to_json(release) if args.json else held_line(release))
+        return EXIT_OK
     emit(out.to_json(release) if args.json else
          f"rolled back {ns} to revision {args.to_revision} as revision {release['revision']}")
     return await after_write(args, client, ns, release["revision"])
@@ -182,8 +195,11 @@ async def cmd_rollback(args: argparse.Namespace, client: Client) -> int:
 
 async def cmd_delete(args: argparse.Namespace, client: Client) -> int:
     ns = namespace(args.ns)
-    params = {"message": args.message or "", "author": author_of(args)}
+    params = {"message": args.message or "", "author": author_of(args), **override_params(args)}
     release = await client.call("DELETE", f"/v1/namespaces/{ns}", params=params, if_revision=args.if_revision)
+    if held(release):
+        emit(out.to_json(release) if args.json else held_line(release))
+        return EXIT_OK
     emit(out.to_json(release) if args.json else
          f"deleted {ns} at revision {release['revision']} (version {release['version']})")
     return EXIT_OK
@@ -298,6 +314,7 @@ def add_write_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--author", help="author (default $CONFIGCENTER_AUTHOR)")
     parser.add_argument("--if-revision", type=positive_int, metavar="R",
                         help="only if the namespace is still at revision R (else exit 4)")
+    add_override_flag(parser)
 
 
 def add_read_commands(sub: Any) -> None:
@@ -334,6 +351,7 @@ def add_write_commands(sub: Any) -> None:
     push.add_argument("--kind", choices=KINDS, help="required when FILE is a plain document")
     add_write_flags(push)
     add_wait_flags(push)
+    add_canary_flags(push)
     rollback = add_remote(sub, "rollback", cmd_rollback, "republish an earlier release")
     rollback.add_argument("ns")
     rollback.add_argument("--to-revision", type=positive_int, required=True, metavar="R")
@@ -360,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_apply_command(sub, add_remote)
     add_edit_command(sub, add_remote)
     add_schema_command(sub, add_remote)
+    add_release_commands(sub, add_remote)
+    add_canary_commands(sub, add_remote, add_write_flags)
     return parser
 
 

@@ -109,11 +109,28 @@ def namespaces_table(items: Sequence[Mapping[str, Any]]) -> str:
 
 
 def op_label(entry: Mapping[str, Any]) -> str:
-    """``push``, ``delete`` or ``rollback from R``."""
+    """``push``, ``delete``, ``rollback from R``, ``canary_start 10%`` / ``canary_update zone=az1,50%`` (the
+    target) or ``promote canary R`` (the canary's start)."""
     op = str(entry.get("op", ""))
     if op == "rollback" and entry.get("from_revision") is not None:
         return f"rollback from {entry['from_revision']}"
+    canary = entry.get("canary")
+    if op in ("canary_start", "canary_update") and isinstance(canary, Mapping):
+        return f"{op} {target_text(canary.get('target'))}"
+    if op == "promote" and entry.get("from_canary") is not None:
+        return f"promote canary {entry['from_canary']}"
     return op
+
+
+def target_text(target: Any) -> str:
+    """A canary's target in the CLI's SELECTOR form (``zone=az1,id:web-1,10%``)."""
+    if not isinstance(target, Mapping):
+        return "?"
+    labels = target.get("labels")
+    terms = [f"{k}={v}" for k, v in sorted(labels.items())] if isinstance(labels, Mapping) else []
+    terms += [f"id:{i}" for i in target.get("instances") or []]
+    terms += [f"{target['percent']}%"] if target.get("percent") is not None else []
+    return ",".join(terms) or "every instance"
 
 
 def history_table(entries: Sequence[Mapping[str, Any]]) -> str:

@@ -25,15 +25,25 @@ _POLL = (0.1, 1.0)  # first and longest pause between polls
 
 def rollout_table(body: dict[str, Any]) -> str:
     """``INSTANCE SERVICE STATUS APPLIED MODE SOURCE LAST-SEEN REASON`` plus a summary line."""
-    rows = [[r["id"], r.get("service"), r["status"], r.get("applied"), r.get("mode"), r.get("source"),
-             out.iso_time(r.get("last_seen")), r.get("reason")] for r in body["instances"]]
-    counts = body["summary"]
-    head = (f"{body['ns']} revision {body['revision']}: {counts['applied']}/{counts['subscribed']} applied, "
-            f"{counts['pending']} pending, {counts['rejected']} rejected, {counts['fallback']} in fallback")
+    tracked = "canary" in body  # an active canary: a TRACK column and a line per track
+    rows = [[r["id"], r.get("service"), *([r.get("track")] if tracked else []), r["status"], r.get("applied"),
+             r.get("mode"), r.get("source"), out.iso_time(r.get("last_seen")), r.get("reason")]
+            for r in body["instances"]]
+    head = f"{body['ns']} revision {body['revision']}: {_counts(body['summary'])}"
+    if tracked:
+        canary = body["canary"]
+        head += (f"\n  canary (started at {canary.get('started')}, {out.target_text(canary.get('target'))}): "
+                 f"{_counts(canary['summary'])}\n  base: {_counts(body['base']['summary'])}")
     if not rows:
         return head + " (no instance subscribes)"
-    table = out.table(["INSTANCE", "SERVICE", "STATUS", "APPLIED", "MODE", "SOURCE", "LAST-SEEN", "REASON"], rows)
-    return head + "\n" + table
+    names = ["INSTANCE", "SERVICE", *(["TRACK"] if tracked else []), "STATUS", "APPLIED", "MODE", "SOURCE",
+             "LAST-SEEN", "REASON"]
+    return head + "\n" + out.table(names, rows)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return (f"{counts['applied']}/{counts['subscribed']} applied, {counts['pending']} pending, "
+            f"{counts['rejected']} rejected, {counts['fallback']} in fallback")
 
 
 async def fetch(client: Client, ns: str, revision: int | None) -> dict[str, Any]:

@@ -18,14 +18,15 @@ from cachetools import LRUCache
 
 from configcenter.codec import ParseLimits
 from configcenter.errors import ConflictError, EtcdUnavailableError, NotFoundError
-from configcenter.model import Release
+from configcenter.model import Origin, Release
 from configcenter.server.cpu._read_pool import Doc, PoolLimits
 from configcenter.server.cpu.admission import Admission, Slot
-from configcenter.server.etcd import Store
+from configcenter.server.etcd import CanaryChange, Store
 from configcenter.server.etcd import client as _etcd
-from configcenter.server.fleet import InstanceRegistry
+from configcenter.server.fleet import CanaryGuard, InstanceRegistry
 from configcenter.server.metrics import Metrics
 from configcenter.server.net import ConnectionGuard
+from configcenter.server.release import ReleaseControl
 from configcenter.server.schemas import SchemaStore
 from configcenter.server.security import TokenAuth
 from configcenter.server.settings import Settings, exposure_warnings
@@ -47,6 +48,9 @@ class Runtime:
                                    timeout=settings.watch.etcd_timeout)  # checks every push (not a route's)
         self.store = Store(self.client, layout, timeout=settings.watch.etcd_timeout,
                            max_request_bytes=settings.etcd_max_request_bytes)
+        # freezes, review policies, proposals: its gate checks every write in the write's transaction
+        self.release = ReleaseControl(self.client, layout, self.store, timeout=settings.watch.etcd_timeout,
+                                      max_request_bytes=settings.etcd_max_request_bytes)
         self.mirror = Mirror(self.client, layout, ring_size=settings.limits.history_ring,
                              tuning=settings.watch, metrics=self.metrics)
         self.connections = ConnectionGuard(settings.limits.max_connections, settings.limits.header_timeout,
@@ -72,6 +76,10 @@ class Runtime:
                                           caps=(settings.limits.max_instances,
                                                 settings.limits.max_instances_per_client))
         self._instance_metrics: asyncio.Task[Any] | None = None
+        # canaries: a push asks the mirror's copy whether one is active; members' rejections abort one
+        self.store.cached = self.mirror.state.get
+        self.canary_guard = CanaryGuard(lambda: self.mirror.state, self._abort_canary)
+        self.instances.on_reports = self.canary_guard.reports
 
     def _forget_revision_keyed_caches(self, _reason: str) -> None:
         self._tables.clear()
@@ -87,9 +95,15 @@ class Runtime:
         if self._instance_metrics is not None:
             self._instance_metrics.cancel()
         await self.instances.close()
+        await self.canary_guard.close()
         await self.mirror.stop()
         await self.client.close()
         await self.admission.close()
+
+    async def _abort_canary(self, ns: str, started: int, message: str) -> None:
+        """Abort on reject (``fleet/canary_guard.py``): a ``canary_abort`` of that canary only."""
+        origin = Origin(principal="configcenter", trace_id=f"abort-on-reject-{ns}-{started}")
+        await self.store.canary.abort(ns, CanaryChange(origin, message), expect_started=started)
 
     async def offload(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run CPU-heavy work of a write (parse, validate, schema checks) on the write lane's threads.

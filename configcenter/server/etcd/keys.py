@@ -11,6 +11,13 @@ name's keys.  ``#`` is that character (names are ``[a-z0-9._-]`` segments joined
   (``history/team/db#…``) or of ``teams`` (``history/teams#…``) cannot fall inside
   ``[history/team#, history/team$)``.
 * ``meta/history-layout`` — the migration marker (``configcenter.server.etcd.migration``).
+* Release control (``configcenter.server.release``): ``policies/<target>#`` and ``freezes/<target>#``
+  hold the current review policy / freeze of a target (a namespace or a ``prefix/``), with
+  ``policy-history/<target>#<version:012d>`` and ``freeze-history/<target>#<version:012d>``;
+  ``proposals/<ns>#<slot:02d>`` holds an open proposal (a bounded number of slots per namespace)
+  and ``proposal-ids/<id>`` where it is.  The current key ends in ``#`` too, so ``freezes/team#``
+  and ``freezes/team/#`` (the name and the prefix) never collide and no range of one target
+  covers another's keys.
 
 Layout 1 (before 0.2) wrote ``history/<ns>/<version:012d>``, whose range also covered every
 child namespace's keys.  Those *legacy* keys are still read during a migration (only keys whose
@@ -23,12 +30,14 @@ A history record copied by the migration keeps its release's revision in the rec
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from configcenter.model import Release
 
+ControlFamily = Literal["policies", "freezes"]
+_HISTORY_OF: dict[str, str] = {"policies": "policy-history", "freezes": "freeze-history"}
 NAME_END = b"#"  # ends every per-name range: no namespace or schema target contains it
 _VERSION_DIGITS = 12
 
@@ -43,6 +52,38 @@ class KeyLayout:
         self.docs_prefix = f"{prefix}docs/".encode()
         self.history_root = f"{prefix}history/".encode()
         self.migration_key = f"{prefix}meta/history-layout".encode()
+        self.proposals_root = f"{prefix}proposals/".encode()
+        self.proposal_ids_root = f"{prefix}proposal-ids/".encode()
+
+    # release control: policies and freezes ("family"), proposals (configcenter.server.release)
+
+    def control_root(self, family: ControlFamily, *, history: bool = False) -> bytes:
+        """``policies/`` / ``freezes/`` (current records), or their ``…-history/`` roots."""
+        return f"{self.prefix}{_HISTORY_OF[family] if history else family}/".encode()
+
+    def control_key(self, family: ControlFamily, target: str) -> bytes:
+        """The current record of ``target`` in ``family``: ``policies/<target>#``."""
+        return self.control_root(family) + target.encode() + NAME_END
+
+    def control_history_range(self, family: ControlFamily, target: str) -> tuple[bytes, bytes]:
+        start = self.control_root(family, history=True) + target.encode() + NAME_END
+        return start, start[:-1] + bytes([NAME_END[0] + 1])
+
+    def control_history_key(self, family: ControlFamily, target: str, version: int) -> bytes:
+        return self.control_history_range(family, target)[0] + f"{version:0{_VERSION_DIGITS}d}".encode()
+
+    def target_of_control_key(self, family: ControlFamily, key: bytes) -> str:
+        return key[len(self.control_root(family)):-len(NAME_END)].decode()
+
+    def proposal_range(self, ns: str) -> tuple[bytes, bytes]:
+        start = self.proposals_root + ns.encode() + NAME_END
+        return start, start[:-1] + bytes([NAME_END[0] + 1])
+
+    def proposal_key(self, ns: str, slot: int) -> bytes:
+        return self.proposal_range(ns)[0] + f"{slot:02d}".encode()
+
+    def proposal_id_key(self, proposal_id: str) -> bytes:
+        return self.proposal_ids_root + proposal_id.encode()
 
     def doc_key(self, ns: str) -> bytes:
         return self.docs_prefix + ns.encode()

@@ -59,7 +59,8 @@ def error_response(request: web.Request, exc: Exception) -> web.StreamResponse |
             return None
         code = exc.reason.lower().replace(" ", "_")
         body = {"error": {"code": code, "message": f"{exc.reason}: {request.method} {request.path}", "details": {}}}
-        return json_response(body, exc.status)
+        allow = exc.headers.get("Allow")  # a 405 lists the path's methods (RFC 9110 §15.5.6)
+        return json_response(body, exc.status, {"Allow": allow} if allow is not None else None)
     if isinstance(exc, ConnectionResetError):  # aiohttp's ClientConnectionResetError too: the client hung up
         rt(request).hub.client_left(request, "before the answer was written")
         return json_response(errors.ConfigCenterError("the client closed the connection").to_json(), 499)  # never sent
@@ -131,7 +132,11 @@ async def read_body(request: web.Request, lane: Lane = "write") -> Any:
 
 
 def release_response(release: Release, runtime: Runtime, status: int = 200) -> web.Response:
-    return json_response(release.to_json(), status, runtime.staleness_headers())
+    """A release as JSON, with ``ETag`` (its revision: usable as ``If-Match``) and, for a 201, ``Location``."""
+    headers = {**runtime.staleness_headers(), "ETag": f'"{release.revision}"'}
+    if status == 201:
+        headers["Location"] = f"/v1/namespaces/{release.ns}"
+    return json_response(release.to_json(), status, headers)
 
 
 def authorized(request: web.Request, action: Action) -> tuple[Principal | None, str]:

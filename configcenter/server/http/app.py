@@ -27,8 +27,10 @@ from configcenter.server.security.audit import add_request_id, begin_request, lo
 from configcenter.server.settings import Settings
 
 from .api import Handler, add_routes, error_response
+from .canary import add_canary_routes
 from .console import add_console_routes
 from .instances import add_instance_routes
+from .release_control import add_release_control_routes
 from .schemas import add_schema_routes
 
 log = logging.getLogger("configcenter.serve")
@@ -67,22 +69,22 @@ def make_request_middleware(settings: Settings) -> Middleware:
 
 
 async def refuse_shadowed_method(request: web.Request) -> None:
-    """405 (``Allow``: the owner's methods) for a method the resource owning the path does not support.
+    """405 whose ``Allow`` lists the methods of the resource that owns the path (RFC 9110 §15.5.6).
 
     aiohttp routes a request to the first resource matching both path and method, so with
     ``/v1/namespaces/{ns:.+}`` registered after ``…/{ns:.+}/history``, ``PUT …/app/cfg/history`` fell
     through to the push route (a 400 ``invalid_namespace``, or 401/403 first) instead of the history
-    resource's 405.  Resources are registered most specific first, so a resource registered before
-    the matched one whose path matches is the path's owner.  Only a request routed to a dynamic
-    resource is checked (a few regex matches); a plain path has no earlier owner.
+    resource's 405, and an ``OPTIONS`` there listed both resources' methods.  Resources are registered
+    most specific first, so the first resource whose path matches owns it.  Only requests routed to
+    a dynamic resource, or refused with 405, are checked (a few regex matches).
     """
-    matched = request.match_info.route.resource
-    if request.match_info.http_exception is not None or not isinstance(matched, web.DynamicResource):
+    matched, refused = request.match_info.route.resource, request.match_info.http_exception
+    if not isinstance(refused, web.HTTPMethodNotAllowed) and not isinstance(matched, web.DynamicResource):
         return
-    for resource in request.app.router.resources():
-        if resource is matched:
+    for candidate in request.app.router.resources():
+        if candidate is matched:
             return
-        found, allowed = await resource.resolve(request)
+        found, allowed = await candidate.resolve(request)
         if found is None and allowed:
             raise web.HTTPMethodNotAllowed(request.method, allowed)
 
@@ -95,8 +97,10 @@ def create_app(settings: Settings) -> web.Application:
     runtime = Runtime(settings)
     app[RUNTIME] = runtime
     add_instance_routes(app)  # first: /v1/namespaces/{ns}/rollout before /v1/namespaces/{ns}
+    add_canary_routes(app)  # …/{ns}/canary and …/{ns}/promote too
     add_routes(app)
     add_schema_routes(app)
+    add_release_control_routes(app)  # /v1/policies, /v1/freezes, /v1/proposals
     add_console_routes(app)  # /ui/ (the operator console) and /v1/whoami
 
     async def lifecycle(app: web.Application) -> Any:

@@ -14,8 +14,11 @@ Contract
 * The logger ``configcenter.audit`` gets one pre-serialised JSON line per write request (push,
   rollback, delete, and schema set / delete as action ``schema``, told apart by ``method``; removals
   of SDK instances as ``goodbye`` (by the instance) or ``evict`` (by an operator), the instance id in
-  ``path``; INFO, whatever the outcome, with ``revision`` when it succeeded) and one per
-  request refused with 401/403 (WARNING, any endpoint).  Fields: ``time`` (ISO 8601 UTC),
+  ``path``; release control as ``policy`` / ``freeze`` (set or removed, by ``method``) and ``approve`` /
+  ``reject`` (a proposal, its id in ``path``; a push held for review is action ``push``, status 202); a
+  write sent with ``?override_freeze=<reason>`` carries ``override_freeze`` in its line; INFO, whatever
+  the outcome, with ``revision`` when it succeeded) and one per request refused with 401/403 (WARNING,
+  any endpoint).  Fields: ``time`` (ISO 8601 UTC),
   ``event`` (``write`` | ``denied``), ``principal`` (``anonymous`` without a valid token),
   ``client``, ``user_agent``, ``method``, ``path``, ``action``, ``namespace``, ``status``,
   ``trace_id``, ``revision``, ``reason`` (the refusal's message).  Operators attach handlers.
@@ -40,7 +43,10 @@ from configcenter.model import Origin
 AUDIT = logging.getLogger("configcenter.audit")
 ANONYMOUS = "anonymous"
 WRITE_ACTIONS = frozenset({"push", "rollback", "delete", "schema",  # "schema": a schema set (PUT) or delete
-                           "goodbye", "evict"})  # an SDK instance removed by itself / by an operator
+                           "goodbye", "evict",  # an SDK instance removed by itself / by an operator
+                           "policy", "freeze", "approve", "reject",  # release control (set/remove, proposals)
+                           "canary", "promote"})  # a canary started (POST), changed (PATCH), aborted (DELETE); promoted
+MAX_OVERRIDE = 1024  # ?override_freeze= kept up to here (release control refuses past 500 characters)
 MAX_TRACEPARENT = 512
 MAX_REQUEST_ID = 128
 MAX_USER_AGENT = 256
@@ -65,10 +71,14 @@ class RequestInfo:
     namespace: str | None = None
     revision: int | None = None  # of a successful write
     reason: str | None = None  # why the request was refused (401/403)
+    role: str | None = None  # of the authenticated token
+    override_freeze: str | None = None  # ?override_freeze=<reason> as given (bounded), checked by release control
 
     def origin(self) -> Origin:
-        """The release-record stamp of a write made by this request."""
-        return Origin(self.principal or ANONYMOUS, self.trace_id, self.client, self.user_agent)
+        """The release-record stamp of a write made by this request (with the role and the freeze override
+        the release gate checks)."""
+        return Origin(self.principal or ANONYMOUS, self.trace_id, self.client, self.user_agent, self.role or "",
+                      self.override_freeze)
 
 
 REQUEST_INFO = web.RequestKey("configcenter_request_info", RequestInfo)
@@ -152,6 +162,8 @@ def begin_request(request: web.Request, trusted_proxies: Sequence[Network]) -> R
     """Assign ``request`` its ``RequestInfo`` (trace id, client, user agent); after the answer,
     with its final status (errors mapped), ``log_outcome`` writes the audit line."""
     info = RequestInfo(trace_id(request.headers), client_address(request, trusted_proxies), user_agent(request.headers))
+    override = request.query.get("override_freeze")
+    info.override_freeze = override[:MAX_OVERRIDE + 1] if override is not None else None
     request[REQUEST_INFO] = info
     return info
 
@@ -183,4 +195,6 @@ def log_outcome(request: web.Request, info: RequestInfo, status: int) -> None:
         "revision": info.revision,
         "reason": info.reason,
     }
+    if info.override_freeze is not None:
+        entry["override_freeze"] = info.override_freeze[:MAX_OVERRIDE]
     AUDIT.log(logging.WARNING if denied else logging.INFO, orjson.dumps(entry).decode())

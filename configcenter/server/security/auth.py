@@ -41,14 +41,18 @@ from .audit import request_info
 Role = Literal["reader", "writer", "admin"]
 ROLES: tuple[Role, ...] = ("reader", "writer", "admin")
 Action = Literal["get", "list", "history", "diff", "route", "watch", "push", "rollback", "delete", "schema",
-                 "evict"]
-#: The least role each action needs ("evict": an operator removes an SDK instance's record).
+                 "evict", "policy", "freeze", "approve", "reject", "canary", "promote"]
+#: The least role each action needs ("evict": an operator removes an SDK instance's record; "policy" and
+#: "freeze": release control's review policies and change freezes; "approve"/"reject": a proposal).
 NEEDS: dict[str, Role] = {"push": "writer", "rollback": "writer", "delete": "admin", "schema": "admin",
-                          "evict": "admin"}
+                          "evict": "admin", "policy": "admin", "freeze": "admin", "approve": "writer",
+                          "reject": "writer", "canary": "writer", "promote": "writer"}  # canary: start/grow/abort
 READS = frozenset({"get", "list", "history", "diff", "route", "watch"})
 _VERBS = {"get": "read", "history": "read the history of", "diff": "diff", "route": "evaluate the routes of",
           "push": "push to", "rollback": "roll back", "delete": "delete", "schema": "set the schema of",
-          "evict": "remove an instance subscribed to"}
+          "evict": "remove an instance subscribed to", "policy": "set the review policy of",
+          "freeze": "freeze", "approve": "approve a proposal for", "reject": "reject a proposal for",
+          "canary": "run a canary of", "promote": "promote the canary of"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _SECRETS = ("token", "token_sha256", "token_file")
@@ -114,7 +118,8 @@ class TokenAuth:
                 found = principal
         if found is None:
             raise self._unauthorized(request, "unknown bearer token")
-        request_info(request).principal = found.name
+        info = request_info(request)
+        info.principal, info.role = found.name, found.role
         return found
 
     def require(self, request: web.Request, action: Action) -> Principal | None:
