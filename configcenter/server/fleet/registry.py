@@ -2,18 +2,18 @@
 
 Contract
 --------
-* An instance's report (``_instance_report.Report``) is stored at ``<prefix>instances/<id>``,
+* An instance's report (``report.Report``) is stored at ``<prefix>instances/<id>``,
   attached to an etcd lease of ``watch.instance_ttl`` seconds: every replica lists the same fleet,
   and an instance that stops reporting disappears when its lease expires (no replica has to notice).
 * **Only the holder of a record changes or removes it.** A first report for an id with no live
-  record creates it (``_instance_admission``: 429 past the caps) under a new lease and answers the
-  record's capability (``_instance_report.Capability``: lease id + secret; the record keeps only a
+  record creates it (``_admission``: 429 past the caps) under a new lease and answers the
+  record's capability (``report.Capability``: lease id + secret; the record keeps only a
   digest of the secret). Later reports and the goodbye present it; a report or goodbye for a live
   id without it is 409 and writes nothing. Every write is guarded in etcd (the key is still attached
   to the lease, or does not exist yet), so a replica's stale memory never lets a write through.
   A report whose record is gone (its lease expired) creates it again, answering a new capability.
   Neither the lease nor the digest is ever listed; every removal revokes the record's lease.
-  A live record's changes are rate-limited per instance (``_instance_admission.WriteBudget``).
+  A live record's changes are rate-limited per instance (``_admission.WriteBudget``).
 * A steady fleet costs lease keep-alives, not writes: the key is written only when the report's
   content differs from what was stored (its digest), when the instance is new, or when its lease
   expired. An unchanged report (the heartbeat, every ``ttl / 3`` seconds) renews the lease of the
@@ -22,7 +22,8 @@ Contract
   know the instance (or presenting another capability) costs one read of its key, not a write.
 * ``rollout()`` classifies every instance subscribed to a namespace (its selectors match, or it
   reported the namespace) against a target revision: ``applied`` (applied ≥ target), ``rejected``
-  (rejected ≥ target and not applied), ``fallback`` (neither, instance not live) or ``pending``.
+  (rejected ≥ target and not applied), ``fallback`` (neither, instance not live) or ``pending``;
+  with an active canary, split by track (``canary_view``: members vs the base).
 * Push → acknowledged latency: when a report moves an instance's applied revision of a namespace
   up to the namespace's current revision, ``now - release.time`` (server clocks) is observed.
 """
@@ -50,6 +51,7 @@ from configcenter.server.etcd import etcd_errors
 from configcenter.server.metrics import Metrics
 from configcenter_sdk.names import namespace_matcher
 
+from . import canary_view
 from ._admission import COUNT_FRESH, Census, WriteBudget
 from ._leases import KeepAlives, LeaseGone, PutBatcher, RecordChanged, absent, attached_to
 from .report import Capability, Report
@@ -67,7 +69,7 @@ class _Known:
 
     lease: int
     holder: str | None  # digest of the capability's secret (None: written by a server before capabilities)
-    owner: str | None  # whom the record counts against (_instance_admission.owner_of)
+    owner: str | None  # whom the record counts against (_admission.owner_of)
     digest: str
     applied: dict[str, int | None]
     seen: float  # last report handled here (or the stored updated_at)
@@ -114,6 +116,8 @@ class InstanceRegistry:
         self.puts = PutBatcher(client, timeout)
         self.census = Census(*caps, retry_after=self.heartbeat)
         self._refresh = asyncio.Lock()
+        # told of every stored report and every fleet listing (the canary guard: abort on reject)
+        self.on_reports: Callable[[Iterable[Mapping[str, Any]]], None] = lambda instances: None
 
     def key(self, instance_id: str) -> bytes:
         return self._prefix + instance_id.encode()
@@ -229,6 +233,7 @@ class InstanceRegistry:
         if isinstance(put_result, BaseException):
             raise put_result
         self._metrics.inc("configcenter_instance_writes_total")
+        self.on_reports([state])
         applied = {ns: entry["applied"] for ns, entry in state["namespaces"].items()}
         if known is not None:
             self._observe_acks(known.applied, applied, now)
@@ -305,7 +310,9 @@ class InstanceRegistry:
         while True:
             await asyncio.sleep(self.heartbeat)
             try:
-                self.update_gauges(await self.fleet())
+                instances = await self.fleet()
+                self.update_gauges(instances)
+                self.on_reports(instances)
             except EtcdUnavailableError:
                 continue
             except Exception as exc:  # keep refreshing; never let the task die
@@ -367,6 +374,8 @@ def classify(instance: Mapping[str, Any], ns: str, target: int) -> dict[str, Any
            "labels": instance.get("labels", {})}
     if rejected is not None:
         row.update(rejected=rejected, reason=entry.get("reason", ""))
+    if entry.get("track") is not None:  # the track the instance says it runs (canary_view.split checks it)
+        row["reported_track"] = entry["track"]
     return row
 
 
@@ -382,8 +391,10 @@ def summarize(rows: Iterable[dict[str, Any] | None]) -> dict[str, int]:
 def rollout(instances: list[dict[str, Any]], release: Release, target: int) -> dict[str, Any]:
     """The rollout of revision ``target`` of ``release.ns`` (``release``: its current release)."""
     rows = [row for row in (classify(i, release.ns, target) for i in instances) if row is not None]
+    parts = canary_view.split(rows, release, summarize) if target == release.revision and release.canary else {}
     counts = summarize(rows)
-    return {"ns": release.ns, "revision": target, "current_revision": release.revision,
+    body = {"ns": release.ns, "revision": target, "current_revision": release.revision,
             "committed_at": release.time if release.revision == target else None,
             "summary": counts, "complete": counts["pending"] == 0 and counts["rejected"] == 0,
-            "instances": rows}
+            "instances": rows, **parts}  # with a canary: its members and the rest (the base), counted apart
+    return body

@@ -39,7 +39,8 @@ _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
 _LEASE = re.compile(r"[0-9a-f]{32}|[0-9a-f]{1,16}")
 _FIELDS = frozenset({"service", "labels", "selectors", "mode", "namespaces", "lease", "stored"})
 _DIGEST = re.compile(r"[0-9a-f]{32}")
-_NS_FIELDS = frozenset({"applied", "source", "rejected", "reason"})
+_NS_FIELDS = frozenset({"applied", "source", "rejected", "reason", "track"})
+TRACKS = ("base", "canary")  # which release of a namespace with a canary the instance runs
 Mode = Literal["live", "fallback"]
 
 
@@ -180,6 +181,11 @@ def _namespace_entry(path: str, entry: Any) -> dict[str, Any]:
     if source not in ("live", "memory", "disk"):
         raise _bad(f"{path}.source", "source must be live, memory or disk")
     out["source"] = source
+    track = entry.get("track", "base")
+    if track not in TRACKS:
+        raise _bad(f"{path}.track", "track must be base or canary")
+    if track != "base":  # stored only when it says something: older reports and records stay identical
+        out["track"] = track
     rejected = _revision(f"{path}.rejected", entry.get("rejected"))
     reason = entry.get("reason", "")
     if not isinstance(reason, str) or len(reason) > MAX_REASON:

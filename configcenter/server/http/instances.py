@@ -1,10 +1,10 @@
 """HTTP handlers for SDK instances and rollouts (registered by ``app.create_app``).
 
-* ``POST /v1/instances/{id}/report``: an SDK's report (``_instance_report``); needs what a watch
+* ``POST /v1/instances/{id}/report``: an SDK's report (``fleet.report``); needs what a watch
   needs (open, or a reader token with ``auth.read_requires_token``; a scoped token may report only
   namespaces and selectors inside its scope). Answers ``{id, lease, ttl, heartbeat, written, digest}``:
   ``lease`` is the record's capability, to present with the next reports and the goodbye (409 for
-  a live id reported without it; 429 past the caps on new records: ``instances.py``).
+  a live id reported without it; 429 past the caps on new records: ``fleet/_admission.py``).
 * ``DELETE /v1/instances/{id}?lease=L``: goodbye (204; 404 if the instance is gone, 409 if ``L``
   does not hold it). Without ``lease``: an operator's removal, admin only (a scoped admin: of an
   instance whose namespaces and selectors all lie in its scope). Both are in the audit log.
