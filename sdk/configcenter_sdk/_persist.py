@@ -178,7 +178,10 @@ async def load_snapshots(
                       if (ns := namespace_for(p.name)) is not None and match(ns)}
     loaded = store.load_all(sorted(names))
     for ns, entry in sorted(loaded.items()):
-        await state.adopt(Incoming(ns, entry.revision, entry.kind, entry.doc), "disk", entry.stored_at)
+        record = entry.record  # a canary release: decided again for this instance (``_track``)
+        release = (Incoming(ns, entry.revision, entry.kind, entry.doc) if record is None else
+                   Incoming(ns, entry.revision, record["kind"], record["doc"], canary=record["canary"]))
+        await state.adopt(release, "disk", entry.stored_at)
     if names:
         log.info("loaded %d of %d snapshot(s) from %s", len(state.revisions), len(names), store.directory)
     marker = _read_marker(store)

@@ -45,7 +45,7 @@ from ._state import LocalState
 
 log = logging.getLogger("configcenter_sdk.report")
 
-#: Bounds the server enforces too (``configcenter/server/instances.py``).
+#: Bounds the server enforces too (``configcenter/server/fleet/report.py``).
 MAX_LABELS = 16
 MAX_LABEL_VALUE = 256
 MAX_NAMESPACES = 500
@@ -96,7 +96,9 @@ def make_identity(service: str | None, labels: Mapping[str, str] | None, instanc
 
 
 def namespace_report(state: LocalState, mode: str) -> dict[str, dict[str, Any]]:
-    """Per namespace: ``applied`` revision (None: no usable table yet), ``rejected`` + ``reason``, ``source``."""
+    """Per namespace: ``applied`` revision (None: no usable table yet), ``rejected`` + ``reason``, ``source``,
+    and ``track`` ``canary`` when the namespace runs a canary's candidate (absent: the base, so a server
+    from before canaries, which refuses unknown fields, still takes the reports of base instances)."""
     report: dict[str, dict[str, Any]] = {}
     for ns in sorted(state.revisions)[:MAX_NAMESPACES]:
         hit = state.cache.peek(ns)
@@ -104,6 +106,8 @@ def namespace_report(state: LocalState, mode: str) -> dict[str, dict[str, Any]]:
             continue  # deleted (or evicted from memory: reported again once read back)
         source = "disk" if hit is not None and hit.entry.source == "disk" else ("live" if mode == "live" else "memory")
         entry: dict[str, Any] = {"applied": state.applied_revision(ns), "source": source}
+        if hit is not None and hit.entry.track == "canary":
+            entry["track"] = "canary"
         rejected = state.rejected.get(ns)
         if rejected is not None:
             entry["rejected"] = rejected.revision

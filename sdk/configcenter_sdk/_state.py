@@ -19,10 +19,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from .cache import CachedDoc, FallbackCache, Kind
+from ._track import Membership, choose, record_of
+from .cache import CachedDoc, FallbackCache, Kind, Track
+from .canary import CanaryTarget
 from .errors import RouteTableError
 from .names import namespace_matcher
 from .revision import Revision, audit_text
@@ -60,6 +62,7 @@ class Incoming:
     """A release as received (``change`` event, ``reset`` entry or HTTP snapshot); ``doc`` None = deleted.
 
     ``trace_id`` / ``principal``: who wrote it and in which request (None if unknown, e.g. from disk).
+    ``canary``: the record's canary object as received (None: no canary), decided on adoption (``_track``).
     """
 
     ns: str
@@ -69,6 +72,7 @@ class Incoming:
     prev_revision: int | None = None
     trace_id: str | None = None
     principal: str | None = None
+    canary: Any = None
 
     def stamped_revision(self) -> Revision:
         """The revision as listeners get it: an ``int`` carrying ``trace_id`` and ``principal``."""
@@ -94,6 +98,9 @@ class NamespaceStatus:
     file, not yet confirmed). ``age_seconds``: time since a live, non-stale
     server last confirmed it. ``stale``: the client is in fallback, the server
     reported its own view stale (etcd unreachable), or the age reached ``cache_ttl``.
+    ``track``: ``canary`` if the record carries a canary this instance is a member of (it runs the
+    candidate, whose revision is ``candidate_revision``, the record's), else ``base`` (then
+    ``candidate_revision`` is None).
     """
 
     revision: int
@@ -101,6 +108,8 @@ class NamespaceStatus:
     source: Literal["live", "memory", "disk"]
     age_seconds: float
     stale: bool
+    track: Track = "base"
+    candidate_revision: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +157,8 @@ def parse_release(obj: object) -> Incoming:
     prev = obj.get("prev_revision")
     return Incoming(ns, _int(obj.get("revision"), "revision"), kind, doc,
                     None if prev is None else _int(prev, "prev_revision"),
-                    audit_text(obj.get("trace_id")), audit_text(obj.get("principal")))
+                    audit_text(obj.get("trace_id")), audit_text(obj.get("principal")),
+                    None if doc is None else obj.get("canary"))
 
 
 def classify_change(known: int | None, stream_revision: int, change: Incoming) -> Verdict:
@@ -180,6 +190,8 @@ class LocalState:
         self.rejected: dict[str, ClientError] = {}
         self._max_regex_program_size = max_regex_program_size
         self._persist = persist
+        # canary membership of this instance (``_track``); the client sets it from its identity
+        self.member: Membership = _never_member
         self._by_ns: dict[str, RouteTable] = {}
         self._change_listeners: tuple[tuple[Callable[[str], bool], ChangeCallback], ...] = ()
         self._error_listeners: tuple[ErrorCallback, ...] = ()
@@ -201,6 +213,9 @@ class LocalState:
         Returns False (changing nothing) if the namespace is already at this
         revision or newer. A deletion removes document, table and snapshot.
         ``replace_newer``: the snapshot is written even over a newer one on disk.
+        A record with a canary gives this instance its effective document (``_track.choose``);
+        one whose canary cannot be read is rejected like a route table that does not compile:
+        the revision counts as adopted, the last good document and table stay.
         """
         ns = release.ns
         known = self.revisions.get(ns)
@@ -218,14 +233,32 @@ class LocalState:
             if had_doc:
                 await self._notify(ns, None, release.stamped_revision())
             return True
+        try:
+            chosen = choose(release.kind, release.doc, release.canary, self.member)
+        except ValueError as exc:
+            await self._record_error(ns, release.revision, exc)
+            return True
         stamp = self.cache.clock() if stored_at is None else stored_at
-        entry = CachedDoc(ns, release.revision, release.kind, release.doc, stamp, source)
+        entry = CachedDoc(ns, release.revision, chosen.kind, chosen.doc, stamp, source, chosen.track,
+                          chosen.record)
         self.cache.put(entry)
-        compiled = await self._compile(release) if release.kind == "routes" else True
+        compiled = await self._compile(ns, release.revision, chosen.doc) if chosen.kind == "routes" else (
+            self._drop_table(ns))
         if compiled and source == "live" and self._persist is not None:
             self._persist(entry, replace_newer)
-        await self._notify(ns, release.doc, release.stamped_revision())
+        await self._notify(ns, chosen.doc, release.stamped_revision())
         return True
+
+    def decide(self, entry: CachedDoc) -> CachedDoc:
+        """A snapshot entry read back from disk, decided again for this instance (its record, if it
+        kept one); an unreadable canary keeps the entry as written."""
+        if entry.record is None:
+            return entry
+        try:
+            chosen = choose(entry.record["kind"], entry.record["doc"], entry.record["canary"], self.member)
+        except ValueError:
+            return entry
+        return replace(entry, kind=chosen.kind, doc=chosen.doc, track=chosen.track)
 
     async def drop_absent(self, present: set[str], revision: int, match: Callable[[str], bool]) -> None:
         """After a reset at ``revision``: delete every matching namespace not in ``present``.
@@ -258,7 +291,7 @@ class LocalState:
         for release in sorted(releases, key=lambda r: r.revision):
             hit = self.cache.peek(release.ns)
             if (self.revisions.get(release.ns) == release.revision and hit is not None
-                    and hit.entry.doc == release.doc):
+                    and _same_record(hit.entry, release)):
                 self._restamp(release, "live")
                 continue
             self.revisions.pop(release.ns, None)
@@ -271,7 +304,7 @@ class LocalState:
         for ns in self.cache.namespaces():
             hit = self.cache.peek(ns)
             if hit is not None and hit.entry.source == "disk":
-                self.cache.put(CachedDoc(ns, hit.entry.revision, hit.entry.kind, hit.entry.doc, now, "live"))
+                self.cache.put(replace(hit.entry, stored_at=now, source="live"))
             else:
                 self.cache.touch(ns, now)
 
@@ -279,15 +312,17 @@ class LocalState:
         """Same revision seen again from a live server: mark the entry live and fresh."""
         hit = self.cache.peek(release.ns)
         if source == "live" and hit is not None and hit.entry.source == "disk":
-            self.cache.put(CachedDoc(release.ns, release.revision, release.kind, hit.entry.doc,
-                                     self.cache.clock(), "live"))
+            self.cache.put(replace(hit.entry, stored_at=self.cache.clock(), source="live"))
 
     def applied_revision(self, ns: str) -> int | None:
         """The revision of ``ns`` in use: its last adopted one, or, if that was rejected, its last good table's."""
         if ns not in self.rejected:
             return self.revisions.get(ns)
         table = self._by_ns.get(ns)
-        return table.revision if table is not None else None
+        if table is not None:
+            return table.revision
+        hit = self.cache.peek(ns)  # a config namespace whose canary could not be read keeps its last good one
+        return hit.entry.revision if hit is not None and hit.entry.revision < self.rejected[ns].revision else None
 
     def _forget(self, ns: str) -> bool:
         self.rejected.pop(ns, None)
@@ -299,17 +334,21 @@ class LocalState:
             self._persist(ns, False)
         return had
 
-    async def _compile(self, release: Incoming) -> bool:
+    async def _compile(self, ns: str, revision: int, doc: Mapping[str, Any]) -> bool:
         """Compile off to the side; publish on success, keep the last good table on failure."""
-        assert release.doc is not None
         try:
-            table = compile_table(release.doc, release.revision,
-                                  max_regex_program_size=self._max_regex_program_size)
+            table = compile_table(doc, revision, max_regex_program_size=self._max_regex_program_size)
         except RouteTableError as exc:
-            await self._record_error(release.ns, release.revision, exc)
+            await self._record_error(ns, revision, exc)
             return False
-        self._by_ns[release.ns] = table
+        self._by_ns[ns] = table
         self._publish()
+        return True
+
+    def _drop_table(self, ns: str) -> bool:
+        """The namespace's effective document is not a route table (any more): unpublish its table."""
+        if self._by_ns.pop(ns, None) is not None:
+            self._publish()
         return True
 
     def _publish(self) -> None:
@@ -332,6 +371,18 @@ class LocalState:
         for match, callback in self._change_listeners:
             if match(ns):
                 await _call(callback, ns, doc, revision)
+
+
+def _never_member(target: CanaryTarget) -> bool:
+    """Membership before the client set its identity: never a member (runs the base)."""
+    return False
+
+
+def _same_record(entry: CachedDoc, release: Incoming) -> bool:
+    """Whether ``entry`` was adopted from the same record as ``release`` (document and canary)."""
+    if entry.record is None:
+        return release.canary is None and entry.doc == release.doc
+    return release.doc is not None and entry.record == record_of(release.kind, release.doc, release.canary)
 
 
 async def _call(callback: Callable[..., Any], *args: Any) -> None:

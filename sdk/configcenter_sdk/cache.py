@@ -34,13 +34,15 @@ from typing import Any, Literal
 
 from cachetools import Cache, LFUCache
 
-__all__ = ["CachedDoc", "FallbackCache", "Kind", "Lookup", "Source"]
+__all__ = ["CachedDoc", "FallbackCache", "Kind", "Lookup", "Source", "Track"]
 
 Kind = Literal["routes", "config"]
 Source = Literal["live", "disk"]
+Track = Literal["base", "canary"]
 
 _KINDS: frozenset[str] = frozenset({"routes", "config"})
 _SOURCES: frozenset[str] = frozenset({"live", "disk"})
+_TRACKS: frozenset[str] = frozenset({"base", "canary"})
 
 log = logging.getLogger("configcenter_sdk.cache")
 
@@ -52,8 +54,13 @@ class CachedDoc:
     ``doc`` is shared, not copied: treat it as immutable. ``stored_at`` is a
     reading of the cache's clock (``FallbackCache.clock``), not wall time;
     ``source`` tells whether it came from a server (``live``) or a snapshot
-    file (``disk``). Raises ``ValueError`` for an unknown kind/source or a
+    file (``disk``). Raises ``ValueError`` for an unknown kind/source/track or a
     negative revision.
+
+    Canary releases (``_track``): ``doc``/``kind`` are the *effective* document, the one this
+    instance runs; ``track`` says whether that is the record's base or its canary's candidate, and
+    ``record`` keeps the record as received (``{kind, doc, canary}``) when it carries a canary (None
+    otherwise), so a snapshot can be decided again after a restart.
     """
 
     ns: str
@@ -62,6 +69,8 @@ class CachedDoc:
     doc: Mapping[str, Any]
     stored_at: float
     source: Source = "live"
+    track: Track = "base"
+    record: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -70,6 +79,8 @@ class CachedDoc:
             raise ValueError(f"source must be one of {sorted(_SOURCES)}, got {self.source!r}")
         if isinstance(self.revision, bool) or not isinstance(self.revision, int) or self.revision < 0:
             raise ValueError(f"revision must be a non-negative int, got {self.revision!r}")
+        if self.track not in _TRACKS:
+            raise ValueError(f"track must be one of {sorted(_TRACKS)}, got {self.track!r}")
 
 
 @dataclass(frozen=True, slots=True)

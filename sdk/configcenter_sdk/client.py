@@ -37,6 +37,11 @@ Contract
   /v1/instances/{id}/report`` on every change and as a heartbeat, in its own task (``_report``);
   ``close()`` says goodbye. ``max_regex_program_size`` bounds header regexes of route tables here
   (tables over it are rejected like any that fails to compile).
+* Canary releases: a record that carries a ``canary`` gives this instance the candidate if it is a
+  member of the canary's target (``configcenter_sdk.canary.is_member`` on ``identity``'s instance id
+  and labels), else the record's document; tables, listeners, ``get()``, snapshots and fallback all
+  use that effective document, and ``status()`` / the report say which ``track`` each namespace is
+  on (``_track``). A canary that cannot be read is rejected like a table that does not compile.
 * What a server can make the client hold is bounded: an SSE line or event past ``max_event_bytes``
   (default ``_sse.DEFAULT_MAX_EVENT_BYTES``, 62.5 MiB: a reset of 80 namespaces at the server's
   document limit) drops that connection, is logged (ERROR) and counted (``status().oversized_events``),
@@ -75,6 +80,7 @@ from ._state import (
 )
 from ._state import namespace_matcher as _matcher
 from ._stream import StreamState
+from ._track import membership
 from .cache import CachedDoc, FallbackCache
 from .errors import BackendUnavailableError, EventTooLargeError, UnknownServiceError
 from .routing import RouteDecision
@@ -155,6 +161,7 @@ class ConfigClient:
         self._settled = asyncio.Event()
         self._rng = random.Random()
         self.identity = make_identity(service, labels, instance_id)
+        self._state.member = membership(self.identity.instance_id, self.identity.labels)
         self._reporter = self._make_reporter() if report else None
         self._report_task: asyncio.Task[NoReturn] | None = None
 
@@ -259,6 +266,7 @@ class ConfigClient:
         entry = self._writer.store.load(ns)
         if entry is None:
             return None
+        entry = self._state.decide(entry)
         self._state.cache.put(entry)
         return entry.doc
 
@@ -273,7 +281,8 @@ class ConfigClient:
             source: Literal["live", "memory", "disk"] = "disk" if entry.source == "disk" else (
                 "live" if self._mode == "live" else "memory")
             stale = self._mode != "live" or self._stream.server_stale or not hit.fresh
-            namespaces[ns] = NamespaceStatus(entry.revision, entry.kind, source, round(hit.age, 3), stale)
+            namespaces[ns] = NamespaceStatus(entry.revision, entry.kind, source, round(hit.age, 3), stale, entry.track,
+                                             entry.revision if entry.track == "canary" else None)
         stream, counters = self._stream, self._stream.counters
         return ClientStatus(self._mode, self._server, stream.revision, counters["reconnects"], counters["gaps"],
                             counters["duplicates"], stream.server_stale, namespaces, tuple(self._state.errors),

@@ -125,6 +125,8 @@ def encode_snapshot(entry: CachedDoc, saved_at: float) -> bytes:
     The checksum covers the canonical encoding of every field except
     ``sha256`` itself. The file is written header-first (``format``, ``ns``,
     ``revision`` ... then ``doc``) so ``save`` can read the revision cheaply.
+    A canary release also keeps ``track`` and ``record`` (the record as received, canary included),
+    so a restarted client decides its track again (``_track``); ``doc`` is what the instance ran.
     Raises ``SnapshotError`` if the document is not JSON-encodable.
     """
     payload: dict[str, Any] = {
@@ -133,8 +135,10 @@ def encode_snapshot(entry: CachedDoc, saved_at: float) -> bytes:
         "revision": entry.revision,
         "kind": entry.kind,
         "saved_at": saved_at,
-        "doc": entry.doc,
     }
+    if entry.record is not None:
+        payload.update(track=entry.track, record=entry.record)
+    payload["doc"] = entry.doc
     try:
         digest = _checksum(payload)
         header = {key: value for key, value in payload.items() if key != "doc"}
@@ -184,6 +188,19 @@ def _check_fields(path: Path, obj: Mapping[str, Any], ns: str) -> None:
         _fail(path, f"invalid field 'saved_at': {saved_at!r}")
     if obj["ns"] != ns:
         _fail(path, f"foreign file: holds namespace {obj['ns']!r}, expected {ns!r}")
+    _check_record(path, obj)
+
+
+def _check_record(path: Path, obj: Mapping[str, Any]) -> None:
+    """A canary release's ``track`` and ``record`` (both or neither); the canary itself is read later."""
+    record = obj.get("record")
+    if record is None and "track" not in obj:
+        return
+    if obj.get("track") not in ("base", "canary"):
+        _fail(path, f"invalid field 'track': {obj.get('track')!r}")
+    if (not isinstance(record, dict) or record.get("kind") not in _KINDS or not isinstance(record.get("doc"), dict)
+            or not isinstance(record.get("canary"), dict)):
+        _fail(path, "invalid field 'record': not a release record with kind, doc and canary")
 
 
 class SnapshotStore:
@@ -265,6 +282,8 @@ class SnapshotStore:
             doc=obj["doc"],
             stored_at=self._clock() - age,
             source="disk",
+            track=obj.get("track", "base"),
+            record=obj.get("record"),
         )
 
     def load(self, ns: str) -> CachedDoc | None:

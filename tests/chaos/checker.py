@@ -31,7 +31,11 @@ verifies, for every consumer:
   adopts (a new change, a newer ``reset`` entry, a deletion by reset, a
   snapshot loaded from disk), never twice, in increasing revision order per
   namespace, with the document that revision holds; the last call per namespace
-  equals etcd's final state, and so does the client's final ``get()``.
+  equals etcd's final state, and so does the client's final ``get()``;
+* **canaries**: a release that carries a canary is, for an SDK, the candidate if the SDK's identity
+  is a member of the canary's target (``configcenter_sdk.canary.is_member``), else the base: every
+  callback, disk load and final state above is checked against that effective document, and the
+  final ``status()`` track of each namespace must be what the SDK's membership says.
 
 Violations are dicts with ``consumer``, ``kind`` and details; the report counts them.
 """
@@ -67,12 +71,16 @@ def selector_matcher(selectors: Iterable[str]) -> Match:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One release etcd committed: ``op`` is ``put`` or ``delete``; ``m`` the document marker."""
+    """One release etcd committed: ``op`` is ``put`` or ``delete``; ``m`` the document marker.
+
+    A release with a canary: ``cm`` is its candidate's marker, ``target`` its target (canonical JSON)."""
 
     ns: str
     rev: int
     op: str
     m: str | None
+    cm: str | None = None
+    target: str | None = None
 
 
 @dataclass
@@ -139,8 +147,35 @@ def entries_from_history(kvs: Iterable[Any], history_root: bytes) -> list[Entry]
         ns = rest.rpartition("#")[0] or rest.rpartition("/")[0]
         record = json.loads(kv.value)
         op = "delete" if record.get("op") == "delete" else "put"
-        out.append(Entry(ns, int(kv.mod_revision), op, None if op == "delete" else marker(record.get("doc"))))
+        canary = record.get("canary") if op == "put" else None
+        cm = target = None
+        if isinstance(canary, dict):
+            cm = marker((canary.get("candidate") or {}).get("doc"))
+            target = json.dumps(canary.get("target"), sort_keys=True)
+        out.append(Entry(ns, int(kv.mod_revision), op, None if op == "delete" else marker(record.get("doc")), cm,
+                         target))
     return out
+
+
+Member = Callable[[str], bool]  # an SDK's canary membership: target (canonical JSON) -> member?
+
+
+def effective_marker(truths: Iterable[Truth], member: Member | None, ns: str, rev: int, m: str | None) -> str | None:
+    """The marker an SDK with ``member`` runs for release ``(ns, rev)`` delivered with base marker ``m``:
+    the candidate's if the release has a canary the SDK is a member of, else ``m`` (a marker that is not
+    etcd's is left as it is: the stream check reports it)."""
+    if member is None or m is None:
+        return m
+    for truth in truths:
+        e = truth.by_key.get((ns, rev))
+        if e is not None and e.m == m:
+            return e.cm if e.target is not None and member(e.target) else m
+    return m
+
+
+def expected_track(truth: Truth, member: Member | None, ns: str, rev: int) -> str:
+    e = truth.by_key.get((ns, rev))
+    return "canary" if member is not None and e is not None and e.target is not None and member(e.target) else "base"
 
 
 class StreamCheck:
@@ -395,10 +430,12 @@ class CallbackCheck:
 
     def __init__(self, consumer: str, match: Match, truth: Truth, violations: list[dict[str, Any]],
                  corrupted: Iterable[str] = (), missed_same_revision: set[tuple[str, int]] | None = None,
-                 final_truth: Truth | None = None) -> None:
+                 final_truth: Truth | None = None, member: Member | None = None) -> None:
         """``truth``: etcd's history when the process started (its disk snapshots come from it);
-        ``final_truth``: the one its final state is checked against, if etcd was restored since."""
+        ``final_truth``: the one its final state is checked against, if etcd was restored since;
+        ``member``: the SDK's canary membership (None: it runs every record's base)."""
         self.consumer = consumer
+        self.member = member
         self.match = match
         self.truth = truth
         self.final_truth = final_truth or truth
@@ -469,7 +506,8 @@ class CallbackCheck:
             entry = self.truth.by_key.get((ns, rev))
             if ns in self.corrupted:
                 self.violation("corrupt_snapshot_loaded", ns=ns, rev=rev)
-            if m is None or entry is None or entry.op != "put" or entry.m != m:
+            want = None if entry is None else self._effective(ns, rev, entry.m)
+            if m is None or entry is None or entry.op != "put" or want != m:
                 self.violation("disk_snapshot_content_wrong", ns=ns, rev=rev, marker=m,
                                etcd=None if entry is None else [entry.op, entry.m])
             self.known[ns] = rev
@@ -486,7 +524,11 @@ class CallbackCheck:
         self._missing(index)
         self.expected.popleft()
 
+    def _effective(self, ns: str, rev: int, m: str | None) -> str | None:
+        return effective_marker((self.truth, self.final_truth), self.member, ns, rev, m)
+
     def _adopt(self, ns: str, rev: int, m: str | None, *, delete: bool, same_revision: bool = False) -> None:
+        m = self._effective(ns, rev, m)
         before = self.known.get(ns), self.has_doc.get(ns, False)
         self.known[ns] = rev
         if not delete or self.has_doc.get(ns):
@@ -512,6 +554,7 @@ class CallbackCheck:
         ns, rev, m = rec.get("ns"), rec.get("rev"), rec.get("m")
         if not isinstance(ns, str) or not isinstance(rev, int) or rev <= self.known.get(ns, 0):
             return
+        m = self._effective(ns, rev, m)
         pending = self.expected[-1] if self.expected and self.expected[-1].ns == ns else None
         if pending is not None:
             pending.rev, pending.m = rev, m
@@ -557,7 +600,9 @@ class CallbackCheck:
         self._missing(len(self.expected))
         if final_state is None:
             return
-        expected = self.final_truth.final_for(self.match)
+        expected = {ns: (rev, self._effective(ns, rev, m))
+                    for ns, (rev, m) in self.final_truth.final_for(self.match).items()}
+        self._check_tracks(final_state)
         by_callbacks = {ns: v for ns, v in self.last_cb.items() if v[1] is not None}
         got = {ns: (v[0], v[1]) for ns, v in final_state.items()}
         for kind, state in (("callbacks_final_state_differs", by_callbacks), ("sdk_final_state_differs", got)):
@@ -567,6 +612,17 @@ class CallbackCheck:
                 explained = all(want is not None and (ns, want[0]) in self.missed_same_revision
                                 for ns, want in ((ns, d["etcd"]) for ns, d in differences.items()))
                 self.violation(kind, differences=differences, missed_same_revision_change=explained)
+
+
+    def _check_tracks(self, final_state: dict[str, list[Any]]) -> None:
+        """The final ``status()`` track of each namespace is what the SDK's membership says."""
+        for ns, held in sorted(final_state.items()):
+            if len(held) < 3 or not isinstance(held[0], int):
+                continue  # a driver that does not record tracks
+            self.stats["tracks_checked"] += 1
+            want = expected_track(self.final_truth, self.member, ns, held[0])
+            if held[2] != want:
+                self.violation("sdk_track_differs", ns=ns, rev=held[0], track=held[2], membership_says=want)
 
 
 def split_incarnations(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

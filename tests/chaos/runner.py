@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 from etcd3aio import prefix_range_end
 
+from chaos.canaries import CANARY_KINDS, Canaries, check_canary_ops, membership
 from chaos.checker import (
     CallbackCheck,
     Entry,
@@ -42,7 +43,7 @@ from chaos.writer import CONFIG_NS, Writer
 FAULT_KINDS = (
     "etcd_kill", "etcd_kill_leader", "etcd_pause", "replica_pause", "replica_kill",
     "compact_paused", "stall_reader", "sdk_corrupt_restart", "sdk_kill", "etcd_restore",
-    "replica_cut", "compact_cut",
+    "replica_cut", "compact_cut", *CANARY_KINDS,
 )
 # where ``compact_cut`` compacts while one replica is cut off from etcd
 COMPACT_AT = ("delete_at_applied+1", "applied+1", "resume_point")
@@ -76,6 +77,7 @@ class ChaosRun:
         self.subs: list[RawSubscriber] = []
         self.fault_log: list[dict[str, Any]] = []
         self.violations: list[dict[str, Any]] = []
+        self.canaries = Canaries([], random.Random(seed * 7919 + 3), str(seed), self.violations)
         self.relist_windows: list[tuple[str, int, int]] = []  # (replica url, low, high]
         self.corrupted: dict[tuple[str, int], set[str]] = {}
         self.extra_stats: Counter[str] = Counter()
@@ -102,6 +104,7 @@ class ChaosRun:
                 self.writer = Writer(self.topo.urls, self.topo.etcd.endpoints, self.topo.prefix,
                                      random.Random(self.seed * 7919 + 1), tag=str(self.seed))
                 await self.writer.start(http)
+                self.canaries.urls = self.topo.urls
                 sub_rng = random.Random(self.seed * 7919 + 2)
                 urls = self.topo.urls
                 self.subs = [
@@ -152,6 +155,8 @@ class ChaosRun:
             "sdk_corrupt_restart": self.sdk_corrupt_restart, "sdk_kill": self.sdk_kill,
             "etcd_restore": self.etcd_restore, "replica_cut": self.replica_cut, "compact_cut": self.compact_cut,
         }
+        if kind in CANARY_KINDS:
+            return await self.canaries.fault(kind, http)
         return await faults[kind](http)
 
     # -- faults -------------------------------------------------------------------
@@ -609,6 +614,7 @@ class ChaosRun:
         v = self.violations
         truth = epochs[-1].truth
         _dump(self.workdir / "writes.jsonl", self.writer.records)
+        _dump(self.workdir / "canaries.jsonl", self.canaries.records)
         for sub in [*self.subs, *self.probes, *self.window_probes]:
             _dump(self.workdir / f"{sub.name}.jsonl", sub.records)
         writes: Counter[str] = Counter()
@@ -619,6 +625,7 @@ class ChaosRun:
             if i + 1 < len(epochs):
                 writes["acknowledged_then_lost_to_restore"] += _lost_to_restore(
                     self.writer.records[bounds[i]:bounds[i + 1]], epochs[i + 1].backup_revision)
+        canary_ops = check_canary_ops(self.canaries.records, [e.truth for e in epochs], v)
         consumers: dict[str, dict[str, Any]] = {}
         for sub in [*self.subs, *self.probes, *self.window_probes]:
             # a window probe lives in the etcd history it was opened in; a restore's probe starts in the
@@ -647,6 +654,8 @@ class ChaosRun:
             "faults_run": len(self.fault_log),
             "faults": dict(Counter(f["kind"] for f in self.fault_log)),
             "writes": dict(writes),
+            "canary_ops": canary_ops,
+            "tracks_checked": total["tracks_checked"],
             "restores": len(epochs) - 1,
             "restores_followed": total["restores_followed"],
             "etcd_final_revision": truth.final_rev,
@@ -686,7 +695,8 @@ class ChaosRun:
                 self.violations.append({"consumer": name, "kind": "sdk_no_final_record"})
             stream = EpochCheck(name, match, epochs, self.violations, started=started)
             callbacks = CallbackCheck(name, match, epochs[epoch_at(epochs, started)].truth, self.violations,
-                                      self.corrupted.get((driver.name, i), ()), missed, final_truth=epochs[-1].truth)
+                                      self.corrupted.get((driver.name, i), ()), missed, final_truth=epochs[-1].truth,
+                                      member=membership(driver.instance_id, driver.labels))
             for rec in records:
                 stream.feed(rec)
                 callbacks.feed(rec)
@@ -829,6 +839,8 @@ def summary(report: dict[str, Any], examples: int = 0) -> str:
         f"resyncs {report['resyncs']} (re-list deletions delivered {report['relist_deletions']})",
         f"  etcd restores {report['restores']} (followed by consumers {report['restores_followed']} times, "
         f"acknowledged writes lost to them {report['writes'].get('acknowledged_then_lost_to_restore', 0)})",
+        "  canary ops: " + ", ".join(f"{k}={n}" for k, n in sorted(report.get("canary_ops", {}).items()))
+        + f"; SDK tracks checked {report.get('tracks_checked', 0)}",
         f"  violations: {len(report['violations'])} {report['violations_by_kind']}",
         f"  of which known bugs: {report['known_bugs']}",
         f"  UNEXPLAINED: {len(report['unexplained'])} {report['unexplained_by_kind']}",

@@ -12,7 +12,11 @@ the harness starts, SIGKILLs and restarts it.  It records (see ``sse_records.py`
   ``_fetch`` methods are wrapped on the class.  The checker needs the frames to
   tell a legitimately skipped revision (a ``reset``) from a lost one;
 * ``status()`` every 0.2 s, and on SIGTERM a ``final`` record (state of every
-  namespace as ``get()`` returns it) before closing the client cleanly.
+  namespace as ``get()`` returns it, with its canary track) before closing the client cleanly.
+
+Its identity (``--instance-id``, ``--label``) is fixed, so the checker knows which canaries it is a
+member of; ``--max-regex-program-size`` lets one driver reject route tables the server accepts (a
+canary with ``abort_on_reject`` then aborts itself).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ def status_record(client: ConfigClient) -> dict[str, Any]:
         "mode": status.mode, "server": status.server, "rev": status.revision,
         "reconnects": getattr(status, "reconnects", None), "gaps": getattr(status, "gaps", None),
         "dups": getattr(status, "duplicates", None), "stale": getattr(status, "server_stale", None),
-        "ns": {ns: [s.revision, s.source] for ns, s in status.namespaces.items()},
+        "ns": {ns: [s.revision, s.source, getattr(s, "track", "base")] for ns, s in status.namespaces.items()},
     }
 
 
@@ -105,6 +109,8 @@ async def run(args: argparse.Namespace) -> None:
     client = ConfigClient(
         args.servers.split(","), args.ns, cache_dir=args.cache_dir, backoff_initial=0.05, backoff_max=0.3,
         idle_timeout=args.idle_timeout, start_timeout=3.0, connect_timeout=1.0,
+        instance_id=args.instance_id, labels=dict(label.split("=", 1) for label in args.label),
+        max_regex_program_size=args.max_regex_program_size,
     )
     client.on_change(None, lambda ns, doc, rev: rec.write(k="cb", ns=ns, rev=rev, m=marker(doc)))
     stop = asyncio.Event()
@@ -118,7 +124,7 @@ async def run(args: argparse.Namespace) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), STATUS_INTERVAL)
     final = status_record(client)
-    state = {ns: [s[0], marker(client.get(ns))] for ns, s in final["ns"].items()}
+    state = {ns: [s[0], marker(client.get(ns)), s[2]] for ns, s in final["ns"].items()}
     rec.write(k="final", state=state, **final)
     await client.close()
     rec.write(k="closed")
@@ -132,6 +138,9 @@ def main() -> None:
     parser.add_argument("--servers", required=True, help="comma-separated replica URLs")
     parser.add_argument("--ns", action="append", required=True, help="namespace or prefix (repeatable)")
     parser.add_argument("--idle-timeout", type=float, default=1.5)
+    parser.add_argument("--instance-id", default=None)
+    parser.add_argument("--label", action="append", default=[], help="KEY=VALUE (repeatable)")
+    parser.add_argument("--max-regex-program-size", type=int, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from chaos.canaries import check_canary_ops, membership
 from chaos.checker import CallbackCheck, Entry, StreamCheck, Truth, scan_log, selector_matcher, split_incarnations
 from chaos.epochs import Epoch, EpochCheck
 from chaos.runner import FAULT_KINDS, bug_signature, known_bug, run_chaos, summary
@@ -315,6 +316,59 @@ def test_callbacks_may_go_back_in_revision_only_after_a_backwards_reset() -> Non
     assert violations == []
     no_reset = [r for r in records if r.get("reason") != "revision_went_back"]
     assert "callback_not_increasing" in kinds(callbacks(no_reset, OLD))
+
+
+# -- canaries: each SDK's effective document follows its membership -------------------------------
+
+CANARY_TARGET = '{"labels": {"zone": "az1"}}'
+# app/c: base c1 at 20; a canary for zone az1 (candidate C1) at 21; promoted (C1 for everyone) at 22
+CANARY_T = Truth([Entry("app/c", 20, "put", "c1"), Entry("app/c", 21, "put", "c1", "C1", CANARY_TARGET),
+                  Entry("app/c", 22, "put", "C1")], {"app/c": (22, "C1")}, 22)
+START = change("app/c", 21, 20, "c1", op="canary_start")
+
+
+def canary_callbacks(records: list[dict[str, Any]], zone: str, final: dict[str, list[Any]] | None,
+                     t: Truth = CANARY_T) -> list[dict[str, Any]]:
+    violations: list[dict[str, Any]] = []
+    check_ = CallbackCheck("c", APP, t, violations, member=membership("sdk", {"zone": zone}))
+    for rec in records:
+        check_.feed(rec)
+    check_.finish(final)
+    return violations
+
+
+def test_canary_rule_fires_when_an_sdk_runs_what_its_membership_does_not_say() -> None:
+    promote = change("app/c", 22, 21, "C1", op="promote")
+    base = [CONN, reset(20, app_c=(20, "c1")), cb("app/c", 20, "c1"), START]
+    member = [*base, cb("app/c", 21, "C1"), promote, cb("app/c", 22, "C1")]
+    outsider = [*base, cb("app/c", 21, "c1"), promote, cb("app/c", 22, "C1")]
+    assert canary_callbacks(member, "az1", {"app/c": [22, "C1", "base"]}) == []
+    assert canary_callbacks(outsider, "az2", {"app/c": [22, "C1", "base"]}) == []
+    # an instance outside the canary that ran the candidate, a member that stayed on the base
+    assert "unexpected_callback" in kinds(canary_callbacks(member, "az2", None))
+    assert "unexpected_callback" in kinds(canary_callbacks(outsider, "az1", None))
+    # final state during a canary: the effective document and the track by membership
+    during = Truth(CANARY_T.entries[:2], {"app/c": (21, "c1")}, 21)
+    held = [*base, cb("app/c", 21, "C1")]
+    assert canary_callbacks(held, "az1", {"app/c": [21, "C1", "canary"]}, during) == []
+    assert {"sdk_final_state_differs", "sdk_track_differs"} <= set(kinds(
+        canary_callbacks(held, "az1", {"app/c": [21, "c1", "base"]}, during)))
+    assert "sdk_track_differs" in kinds(canary_callbacks(held, "az1", {"app/c": [21, "C1", "base"]}, during))
+    # a disk snapshot loaded on the wrong track
+    assert "disk_snapshot_content_wrong" in kinds(canary_callbacks([cb("app/c", 21, "C1")], "az2", None, during))
+    assert canary_callbacks([cb("app/c", 21, "C1")], "az1", None, during) == []
+
+
+def test_canary_ops_are_checked_against_etcd() -> None:
+    def op(name: str, rev: int, wid: str, target: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"op": name, "ns": "app/c", "rev": rev, "wid": wid, "outcome": "ack", "target": target}
+
+    good = [op("canary_start", 21, "C1", {"labels": {"zone": "az1"}}), op("promote", 22, "C1")]
+    violations: list[dict[str, Any]] = []
+    assert check_canary_ops(good, [CANARY_T], violations)["canary_acknowledged"] == 2 and violations == []
+    check_canary_ops([op("canary_start", 21, "C2", {"labels": {"zone": "az1"}}), op("canary_abort", 21, "")],
+                     [CANARY_T], violations)
+    assert [x["kind"] for x in violations] == ["acknowledged_canary_op_not_in_etcd"] * 2
 
 
 def test_unhandled_exceptions_in_logs_are_found() -> None:

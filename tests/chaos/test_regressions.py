@@ -176,9 +176,19 @@ async def test_replica_starts_when_documents_exceed_4_mb(own_etcd: EtcdCluster, 
 async def test_document_within_max_doc_bytes_is_not_refused_as_etcd_unavailable(
     make_server: Any, http: aiohttp.ClientSession,
 ) -> None:
-    server = await make_server(limits=Limits())  # the defaults: 1 MiB body, 736 KiB document
-    body = envelope({"blob": "x" * 800_000})
-    async with http.put(f"{server.url}/v1/namespaces/big/doc", json=body, headers=server.auth()) as resp:
-        text = await resp.text()
-    assert resp.status in (200, 201, 413), text
+    server = await make_server(limits=Limits())  # the defaults: 1 MiB body, 736 KiB (753,664 bytes) document
+    assert Limits().max_doc_bytes == 753_664
+    within = envelope({"blob": "x" * 750_000})  # just under max_doc_bytes: stored (twice, in one etcd request)
+    async with http.put(f"{server.url}/v1/namespaces/big/doc", json=within, headers=server.auth()) as resp:
+        assert resp.status == 201, await resp.text()
+    before = await server.runtime.store.current_revision()
+    # 800 KB within max_body_bytes: its release, stored twice (docs/ and history/), exceeds etcd's request
+    # limit. That is a 413 (docs/bad-input.md, oversized-release), never a 503 or a write
+    over = envelope({"blob": "x" * 800_000})
+    async with http.put(f"{server.url}/v1/namespaces/big/doc", json=over, headers=server.auth()) as resp:
+        answer = await resp.json()
+    assert resp.status == 413, answer
+    assert answer["error"]["code"] == "payload_too_large", answer
+    assert answer["error"]["details"]["limit"] < answer["error"]["details"]["bytes"], answer
+    assert await server.runtime.store.current_revision() == before  # refused before anything was written
 

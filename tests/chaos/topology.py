@@ -153,6 +153,9 @@ class Replica(Process):
             "  backoff_max: 0.5",
             "  etcd_timeout: 2.0",
             "  write_visibility_timeout: 2.0",
+            # the SDK drivers have fixed ids (canary membership): a SIGKILLed one reports again once its
+            # predecessor's lease expired (409 until then), and canary_reject needs sdk-2's rejection soon
+            "  instance_ttl: 4.0",
             "",
         ]))
 
@@ -190,8 +193,13 @@ class SdkDriver(Process):
     """``sdk_driver.py``: one real ConfigClient with a disk cache, recording to ``<name>.jsonl``."""
 
     def __init__(self, name: str, workdir: Path, servers: list[str], selectors: list[str],
-                 code_dir: Path = REPO) -> None:
+                 code_dir: Path = REPO, *, labels: dict[str, str] | None = None,
+                 max_regex_program_size: int | None = None) -> None:
         super().__init__(name, workdir / f"{name}.log", code_dir)
+        # a fixed identity: the checker decides its canary membership from it (``chaos.canaries``)
+        self.instance_id = f"chaos-{name}"
+        self.labels = dict(labels or {})
+        self.max_regex_program_size = max_regex_program_size
         self.out = workdir / f"{name}.jsonl"
         self.cache_dir = workdir / f"{name}-cache"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -203,8 +211,12 @@ class SdkDriver(Process):
     def command(self) -> list[str]:
         ns_args = [arg for s in self.selectors for arg in ("--ns", s)]
         driver = self.code_dir / DRIVER.name if self.code_dir != REPO else DRIVER
+        labels = [arg for key, value in self.labels.items() for arg in ("--label", f"{key}={value}")]
+        identity = ["--instance-id", self.instance_id, *labels]
+        if self.max_regex_program_size is not None:
+            identity += ["--max-regex-program-size", str(self.max_regex_program_size)]
         return [sys.executable, str(driver), "--out", str(self.out), "--cache-dir", str(self.cache_dir),
-                "--servers", ",".join(self.servers), *ns_args]
+                "--servers", ",".join(self.servers), *ns_args, *identity]
 
     def poll(self) -> list[dict[str, Any]]:
         """Records appended since the last poll (complete lines only); tracks the latest status."""
@@ -373,7 +385,8 @@ class Topology:
         urls = [r.url for r in self.replicas]
         self.drivers = [
             SdkDriver(f"sdk-{i}", workdir, urls[i % len(urls):] + urls[:i % len(urls)],
-                      ["app/"] if i % 2 == 0 else ["app/", "other/n1"], code_dir)
+                      ["app/"] if i % 2 == 0 else ["app/", "other/n1"], code_dir, labels={"zone": f"az{i % 2}"},
+                      max_regex_program_size=20 if i == 2 else None)  # sdk-2 rejects tables with a real regex
             for i in range(sdk_count)
         ]
         self._closed = False
