@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import re2
 from ruamel.yaml import YAML, YAMLError
 
 from ._paths import json_path
@@ -59,7 +60,8 @@ def parse_json(body: bytes | str, limits: ParseLimits = DEFAULT_LIMITS) -> Any:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidBodyError(f"invalid JSON: {exc}", line=exc.lineno, column=exc.colno) from exc
-    _check_depth(data, limits.max_depth)
+    if _check_depth(data, limits.max_depth):
+        _refuse_wide_integers(body)
     return data
 
 
@@ -86,18 +88,22 @@ def _where(exc: YamlLimitError) -> dict[str, Any]:
     return {k: v for k, v in where.items() if v is not None}
 
 
-def _check_depth(data: Any, max_depth: int) -> None:
+def _check_depth(data: Any, max_depth: int) -> bool:
     """Refuse JSON nested deeper than ``max_depth``, naming the path (iteratively, no recursion).
+    True if the document holds a float that may be an integer literal orjson widened (see
+    ``_refuse_wide_integers``).
 
     Memory is O(depth): the walk keeps one iterator per open container and builds the
     (bounded, ``_paths``) path only for the error it reports.
     """
     if not isinstance(data, dict | list):
-        return
+        return _maybe_wide(data)
+    suspicious = False
     keys: list[Any] = []
     stack = [_children(data)]
     while stack:
         for key, child in stack[-1]:
+            suspicious = suspicious or _maybe_wide(child)
             if isinstance(child, dict | list):
                 keys.append(key)
                 if len(keys) + 1 > max_depth:
@@ -110,6 +116,26 @@ def _check_depth(data: Any, max_depth: int) -> None:
             stack.pop()
             if keys:
                 keys.pop()
+    return suspicious
+
+
+def _maybe_wide(value: Any) -> bool:
+    return type(value) is float and value.is_integer() and abs(value) >= 2**63  # the scan decides
+
+
+# a string (skipped) or an integer literal of 19+ digits: RE2, one linear pass over the body
+_WIDE_INTEGER = re2.compile(r'"(?:[^"\\]|\\.)*"|(-?[0-9]{19,})([.eE]?)')
+
+
+def _refuse_wide_integers(body: bytes | str) -> None:
+    """orjson reads an integer literal beyond 64 bits as a float, silently losing digits; YAML bodies
+    refuse one (``_yaml_load``).  Only called when the parsed document holds such a float, so a
+    document without one pays nothing; then one RE2 pass finds the literal and refuses it (400)."""
+    text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+    for match in _WIDE_INTEGER.finditer(text):
+        digits, fraction = match.group(1), match.group(2)
+        if digits and not fraction and not -(2**63) <= int(digits) < 2**64:
+            raise InvalidBodyError(f"integer {digits[:40]} is outside the 64-bit range JSON documents may use")
 
 
 def _children(value: dict[str, Any] | list[Any]) -> Iterator[tuple[Any, Any]]:

@@ -43,6 +43,24 @@ async def run_cli(capsys: pytest.CaptureFixture[str], server: RunningServer | No
     return Result(code, captured.out, captured.err)
 
 
+class Printed:
+    """What the CLI printed so far, read from ``capsys`` as it goes: a test waits for a line (a command
+    running in a thread has reached a point) instead of sleeping."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self._capsys = capsys
+        self.out = self.err = ""
+
+    def read(self) -> Printed:
+        captured = self._capsys.readouterr()
+        self.out += captured.out
+        self.err += captured.err
+        return self
+
+    def has(self, text: str) -> bool:
+        return text in self.read().out
+
+
 def write(tmp_path: Path, name: str, text: str) -> str:
     path = tmp_path / name
     path.write_text(text)

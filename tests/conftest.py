@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from configcenter.cli.embedded_etcd import EtcdCluster
-from helpers import RunningServer, server_settings, start_server
+from helpers import RunningServer, revoke_instance_leases, server_settings, start_server
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +47,8 @@ async def make_server(etcd: EtcdCluster) -> AsyncIterator[ServerFactory]:
 
     yield factory
     for server in started:
+        if server.etcd is etcd:  # the shared one: no instance lease may expire later, under another test
+            await revoke_instance_leases(server)
         await server.stop()
 
 
@@ -90,4 +92,6 @@ async def make_tls_server(etcd: EtcdCluster, certs: Any) -> AsyncIterator[Server
 
     yield factory
     for server in started:
+        if server.etcd is etcd:
+            await revoke_instance_leases(server)
         await server.stop()

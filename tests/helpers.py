@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import web
+from etcd3aio import prefix_range_end
 
 from configcenter.cli.embedded_etcd import EtcdCluster, free_port
+from configcenter.server.cpu import Lane
 from configcenter.server.http import create_app, start_site
 from configcenter.server.runtime import RUNTIME, Runtime, wait_ready
 from configcenter.server.security import Principal
@@ -51,6 +56,54 @@ class RunningServer:
         await self.runner.cleanup()
 
 
+async def revoke_instance_leases(server: RunningServer, timeout: float = 2.0) -> int:
+    """Revoke the leases of the SDK instance records under ``server``'s prefix; how many (best effort).
+
+    Why: tests share one etcd, and a record a test leaves behind (a report without a goodbye)
+    expires up to ``instance_ttl`` later, in another test, moving etcd's revision there; tests
+    that check "nothing was written" read that revision. Revoked at teardown, every expiry stays
+    inside the test that caused it."""
+    kv, lease = server.runtime.client.kv, server.runtime.client.lease
+    if kv is None or lease is None:
+        return 0
+    start = server.runtime.instances.key("")
+    revoked = 0
+    with contextlib.suppress(Exception):  # an etcd a fault test stopped: nothing left to expire there
+        resp = await kv.get(start, range_end=prefix_range_end(start), keys_only=True, timeout=timeout)
+        for item in resp.kvs:
+            if item.lease:
+                with contextlib.suppress(Exception):  # expired or revoked (a replica sharing the prefix)
+                    await lease.revoke(item.lease, timeout=timeout)
+                    revoked += 1
+    return revoked
+
+
+@asynccontextmanager
+async def lane_held(server: RunningServer, lane: Lane, tmp_path: Path) -> AsyncIterator[None]:
+    """One place of the server's CPU ``lane`` (``cpu/admission.py``) is taken, and one of its workers
+    (thread or process) busy, by a job that ends when the block does: with one worker, the lane's
+    requests wait in its queue meanwhile. The test's explicit signal instead of "slow enough" work."""
+    import worker_jobs
+
+    released, gate = threading.Event(), tmp_path / f"release-{lane}-{uuid.uuid4().hex[:8]}"
+    async with server.runtime.admission.slot(lane) as slot:
+        job = (slot.run_thread(lambda: released.wait(60)) if lane == "write"
+               else slot.run(worker_jobs.wait_for, str(gate), 60.0))
+        task = asyncio.ensure_future(job)
+        try:
+            yield
+        finally:
+            released.set()
+            gate.touch()
+            await asyncio.wait_for(task, 30)
+
+
+def pushed_status(answer: Any) -> int:
+    """The status a successful push answers (``http/api.py``): 201 for the namespace's first release
+    (version 1), 200 for a later one. Helpers that push both ways assert this, not "200 or 201"."""
+    return 201 if isinstance(answer, dict) and answer.get("version") == 1 else 200
+
+
 def server_settings(cluster: EtcdCluster, **overrides: Any) -> Settings:
     base = Settings(
         host="127.0.0.1",
@@ -64,9 +117,11 @@ def server_settings(cluster: EtcdCluster, **overrides: Any) -> Settings:
     return replace(base, **overrides)
 
 
-async def start_server(settings: Settings, cluster: EtcdCluster, *, wait: bool = True) -> RunningServer:
+async def start_server(settings: Settings, cluster: EtcdCluster, *, wait: bool = True,
+                       shutdown_timeout: float = 0.5) -> RunningServer:
+    """``shutdown_timeout``: how long ``stop()`` lets request handlers finish before cancelling them."""
     app = create_app(settings)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     await start_site(runner, settings.host, settings.port)
     runtime = app[RUNTIME]

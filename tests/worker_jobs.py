@@ -20,6 +20,12 @@ def wait_for(path: str, timeout: float = 30.0) -> int:
     return os.getpid()
 
 
+def started_then_wait_for(started: str, path: str, timeout: float = 30.0) -> int:
+    """Create ``started`` (the test's signal that the worker runs the job), then ``wait_for(path)``."""
+    Path(started).touch()
+    return wait_for(path, timeout)
+
+
 def pid() -> int:
     return os.getpid()
 

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -474,42 +473,19 @@ def test_regex_error_message_comes_from_re2() -> None:
 
 
 @pytest.mark.parametrize("pattern", EVIL_PATTERNS)
-def test_adversarial_values_take_linear_time(pattern: str) -> None:
-    table = _regex_table(pattern)
-    evil = {n: {"x-a": "a" * n + "!"} for n in (10_000, 100_000)}
-    started = time.perf_counter()
-    assert table.route(evil[100_000]).cluster in ("a", "d")
-    assert time.perf_counter() - started < 0.5, "one 100 KB adversarial header took >= 0.5 s"
-
-    def best(headers: dict[str, str]) -> float:
-        runs = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            for _ in range(10):
-                table.route(headers)
-            runs.append(time.perf_counter() - t0)
-        return min(runs)
-
-    t10, t100 = best(evil[10_000]), best(evil[100_000])
-    # linear means ~10x; quadratic would be ~100x and backtracking never finishes. Generous: noisy CI.
-    assert t100 < 40 * t10 + 0.005, (t10, t100)
-
-
-def test_python_re_really_is_exponential_on_the_same_input() -> None:
-    # the baseline that makes the test above meaningful: 18 vs 22 characters under Python's re
+@pytest.mark.parametrize("tail", ["!", ""])
+def test_adversarial_values_are_decided_as_python_re_decides_short_ones(pattern: str, tail: str) -> None:
+    """100 KB headers against patterns that backtracking engines take exponential time on: RE2
+    (linear in the input) gives the answer Python's ``re`` gives on 12 characters. A backtracking
+    engine would never finish these (Python's ``re`` needs ~6 s for 28 characters of ``^(a+)+$``),
+    so a regression hangs rather than passes. No clock here: the cost per call, and Python's ``re``
+    against the same inputs, are measured by ``bench/bench_route.py``."""
     import re
 
-    evil = re.compile("^(a+)+$")
-
-    def cost(n: int) -> float:
-        t0 = time.perf_counter()
-        evil.search("a" * n + "!")
-        return time.perf_counter() - t0
-
-    assert cost(22) > 4 * cost(18)
-    table = _regex_table("^(a+)+$")
-    assert table.route({"x-a": "a" * 22 + "!"}).cluster == "d"
-    assert table.route({"x-a": "a" * 22}).cluster == "a"
+    expected = "a" if re.search(pattern, "a" * 12 + tail) else "d"
+    table = _regex_table(pattern)
+    for n in (10_000, 100_000):
+        assert table.route({"x-a": "a" * n + tail}).cluster == expected, (pattern, n, tail)
 
 
 HOSTILE_VALUES = [

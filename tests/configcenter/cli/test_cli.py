@@ -17,9 +17,9 @@ import aiohttp
 import orjson
 import pytest
 
-from cli_helpers import Result, call_main, run_cli, write
+from cli_helpers import Printed, Result, call_main, run_cli, write
 from configcenter.cli.embedded_etcd import free_port
-from helpers import WRITER, RunningServer
+from helpers import WRITER, RunningServer, eventually, pushed_status
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 NS = "team/app"
@@ -222,19 +222,21 @@ async def test_watch_reconnects_and_resumes(make_server: Any, capsys: pytest.Cap
         async with aiohttp.ClientSession() as session, session.put(
             f"{srv.url}/v1/namespaces/r/{name}", json={"kind": "config", "doc": {"n": name}}, headers=srv.auth()
         ) as resp:
-            assert resp.status in (200, 201), await resp.text()
-            return int((await resp.json())["revision"])
+            answer = await resp.json()
+            assert resp.status == pushed_status(answer), answer
+            return int(answer["revision"])
 
     since = await push(first, "a")
     watcher = asyncio.create_task(asyncio.to_thread(
         call_main, ["--server", first.url, "watch", "r/", "--since", str(since), "--count", "2", "--timeout", "30"]))
     rev_b = await push(first, "b")
-    await asyncio.sleep(0.3)  # let the watcher see b before the server goes away
+    printed = Printed(capsys)
+    await eventually(lambda: printed.has(f"{rev_b} r/b push"))  # the watcher saw b: now the server goes away
     await first.stop()
     second = await make_server(port=port, prefix=prefix)
     rev_c = await push(second, "c")
     assert await watcher == 0
-    captured = capsys.readouterr()
+    captured = printed.read()
     assert captured.out.splitlines() == [f"{rev_b} r/b push (version 1)", f"{rev_c} r/c push (version 1)"]
     assert "reconnecting" in captured.err
 

@@ -71,6 +71,8 @@ def nested_json(depth: int) -> bytes:
 
 NS = "/v1/namespaces"
 SCHEMAS = "/v1/schemas"
+FREEZES = "/v1/freezes"
+POLICIES = "/v1/policies"
 ROWS = [
     # --- the body: syntax, envelope, document
     Row("invalid-yaml", "PUT", f"{NS}/a/cfg", 400, "invalid_body", b"kind: config\ndoc: [oops\n", YAML),
@@ -98,7 +100,8 @@ ROWS = [
     # --- names
     Row("bad-name", "PUT", f"{NS}/Bad_Name", 400, "invalid_namespace", js(envelope({}))),
     Row("too-many-segments", "PUT", f"{NS}/a/b/c/d/e", 400, "invalid_namespace", js(envelope({}))),
-    Row("reserved-segment", "PUT", f"{NS}/a/history", 400, "invalid_namespace", js(envelope({}))),
+    Row("reserved-segment", "PUT", f"{NS}/history", 400, "invalid_namespace", js(envelope({}))),
+    Row("reserved-segment-path", "PUT", f"{NS}/a/history", 405, "method_not_allowed", js(envelope({}))),
     Row("empty-segment", "GET", f"{NS}/a//b", 400, "invalid_namespace"),
     Row("bad-prefix", "GET", f"{NS}?prefix=payment", 400, "invalid_namespace"),
     # --- size
@@ -194,12 +197,44 @@ ROWS = [
     # --- issue 16 row 3: a path per container made this 180 KB body cost +2.3 GB (test_hostile_memory.py)
     Row("route-body-long-key-many-containers", "POST", f"{NS}/seed/routes/route", 400, "invalid_body",
         js({"k" * 60_000: [[]] * 40_000}), token=None, settings={"limits": Limits()}),
+    # --- release control (issue 18): freezes, review policies, proposals (seed: frozen/ has a freeze)
+    Row("push-during-freeze", "PUT", f"{NS}/frozen/cfg", 423, "frozen", js(envelope({})),
+        expect="incident 4711"),
+    Row("freeze-override-without-reason", "PUT", f"{NS}/frozen/cfg?override_freeze=", 400, "invalid_argument",
+        js(envelope({}))),
+    Row("freeze-without-reason", "PUT", f"{FREEZES}/a/", 400, "invalid_body", js({"until": "2h"}), expect="reason"),
+    Row("freeze-bad-time", "PUT", f"{FREEZES}/a/", 400, "invalid_body", js({"reason": "x", "until": "tomorrow"}),
+        expect="RFC 3339"),
+    Row("freeze-until-in-the-past", "PUT", f"{FREEZES}/a/", 400, "invalid_body",
+        js({"reason": "x", "until": "2020-01-01T00:00:00Z"}), expect="already over"),
+    Row("freeze-bad-target", "PUT", f"{FREEZES}/Bad_Name", 400, "invalid_namespace", js({"reason": "x"})),
+    Row("freeze-with-reader-token", "PUT", f"{FREEZES}/a/", 403, "forbidden", js({"reason": "x"}), token=READER),
+    Row("policy-require-review-not-a-boolean", "PUT", f"{POLICIES}/a/", 400, "invalid_body",
+        js({"require_review": "yes"})),
+    Row("proposal-bad-id", "POST", "/v1/proposals/not-an-id/approve", 400, "invalid_argument"),
+    Row("proposal-unknown", "POST", "/v1/proposals/0123456789ab/approve", 404, "not_found"),
+    # --- canaries (canary/cfg has one running: see seed)
+    Row("canary-bad-target", "POST", f"{NS}/seed/cfg/canary", 400, "invalid_body",
+        js({"doc": {"v": 2}, "target": {"percent": 200}}), expect="target.percent"),
+    Row("canary-unknown-namespace", "POST", f"{NS}/no/such/canary", 404, "not_found",
+        js({"doc": {"v": 2}, "target": {"percent": 10}})),
+    Row("canary-none-active", "PATCH", f"{NS}/seed/cfg/canary", 409, "conflict", js({"target": {"percent": 10}}),
+        expect="has no active canary"),
+    Row("canary-bad-candidate", "POST", f"{NS}/seed/routes/canary", 422, "schema_violation",
+        js({"doc": orjson.loads(routes(default={"weighted": [{"cluster": "a", "weight": 50},
+                                                             {"cluster": "b", "weight": 20}]}))["doc"],
+            "target": {"percent": 10}}), expect="weights must sum to 100"),
+    Row("push-during-canary", "PUT", f"{NS}/canary/cfg", 409, "conflict", js(envelope({"v": 3})),
+        expect="has an active canary"),
+    Row("oversized-canary", "POST", f"{NS}/seed/cfg/canary", 413, "payload_too_large",
+        js({"doc": {"blob": "x" * 700_000}, "target": {"percent": 10}, "message": "m" * 100_000}),
+        settings={"limits": Limits()}, expect="4 documents"),
 ]
 
 
 async def seed(server: RunningServer, http: aiohttp.ClientSession) -> int:
     """seed/cfg (two releases), seed/routes, seed/gone (pushed then deleted), a schema for strict/ (`v` an
-    integer); returns the deletion's revision."""
+    integer), a freeze of frozen/, canary/cfg with a canary running; returns the deletion's revision."""
     base, auth = f"{server.url}{NS}", server.auth()
     for path, body in [("seed/cfg", envelope({"v": 0})), ("seed/cfg", envelope({"v": 1})),
                        ("seed/routes", orjson.loads(routes())), ("seed/gone", envelope({"v": 0}))]:
@@ -208,6 +243,12 @@ async def seed(server: RunningServer, http: aiohttp.ClientSession) -> int:
     strict = {"schema": {"properties": {"v": {"type": "integer"}}}}
     async with http.put(f"{server.url}{SCHEMAS}/strict/", json=strict, headers=auth) as resp:
         assert resp.status == 201, await resp.text()
+    async with http.put(f"{server.url}{FREEZES}/frozen/", json={"reason": "incident 4711"}, headers=auth) as resp:
+        assert resp.status == 201, await resp.text()
+    for method, path, body in [("PUT", "canary/cfg", envelope({"v": 0})),
+                               ("POST", "canary/cfg/canary", {"doc": {"v": 1}, "target": {"percent": 10}})]:
+        async with http.request(method, f"{base}/{path}", json=body, headers=auth) as resp:
+            assert resp.status == 201, await resp.text()
     async with http.delete(f"{base}/seed/gone", headers=auth) as resp:
         assert resp.status == 200, await resp.text()
         return int((await resp.json())["revision"])

@@ -154,7 +154,7 @@ async def test_connections_beyond_the_cap_are_refused_and_live_streams_keep_goin
         stream = SSEStream(resp)
         assert (await stream.next()).event == "reset"
         held = [await open_raw(server) for _ in range(3)]  # 1 stream + 3 idle = the cap
-        await asyncio.sleep(0.1)
+        await eventually(lambda: server.runtime.connections.open == 4)  # the server counts all of them
         reader, writer = await open_raw(server)
         refusal = await closed_within(reader, 5)
         writer.close()
@@ -166,7 +166,7 @@ async def test_connections_beyond_the_cap_are_refused_and_live_streams_keep_goin
         assert (await stream.until(lambda e: e.event == "change"))[-1].data["ns"] == "payment/routes"
         for _, held_writer in held:
             held_writer.close()
-        await asyncio.sleep(0.2)
+        await eventually(lambda: server.runtime.connections.open == 1)  # the server saw them go: the stream left
         reader, writer = await open_raw(server)  # room again
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert (await closed_within(reader, 5)).startswith(b"HTTP/1.1 200")
@@ -266,7 +266,14 @@ async def test_a_client_that_reads_its_catch_up_within_the_deadline_is_not_cut(
     while received < total:  # 64 KiB per 10 ms: the catch-up leaves the server over a second or so
         received += len(await asyncio.wait_for(reader.read(65536), 10))
         await asyncio.sleep(0.01)
-    await asyncio.sleep(0.5)
+    # not cut: the stream still delivers the next change (instead of "wait a while and see")
+    await server.runtime.store.push("big/after", "config", {"small": True})
+    tail = b""
+    async with asyncio.timeout(10):  # a hang guard
+        while b"event: change" not in tail:
+            chunk = await reader.read(65536)
+            assert chunk, "the stream was closed"
+            tail = tail[-64:] + chunk
     assert server.runtime.metrics.values["configcenter_streams_stalled_total"] == 0
     assert len(server.runtime.hub.subscriptions) == 1
     writer.close()

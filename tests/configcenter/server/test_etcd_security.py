@@ -115,6 +115,11 @@ async def readiness(http: aiohttp.ClientSession, server: RunningServer,
         return resp.status, await resp.json()
 
 
+def failed_attempts(server: RunningServer) -> float:
+    """How many times the server's watch of etcd failed (each failure is one retry after backoff)."""
+    return server.runtime.metrics.values["configcenter_watch_reconnects_total"]
+
+
 async def round_trip(http: aiohttp.ClientSession, server: RunningServer) -> None:
     """Push, read back, read history, and see the change on an SSE stream (the mirror's watch)."""
     async with subscribe(http, server) as stream:
@@ -151,7 +156,7 @@ async def test_etcd_requiring_client_certificates_refuses_a_server_without_one(
     tls_etcd: EtcdCluster, certs: Certs, http: aiohttp.ClientSession, servers: list[RunningServer],
 ) -> None:
     server = await start(servers, tls_etcd, wait=False, etcd_tls=EtcdTLS(ca_file=str(certs.ca)))
-    await asyncio.sleep(1.0)
+    await eventually(lambda: failed_attempts(server) >= 3, timeout=30)  # refused again and again, never ready
     status, body = await readiness(http, server)
     assert status == 503 and body["status"] == "starting"
     status, answer = await push(http, server, {"a": 1})
@@ -221,7 +226,8 @@ async def test_wrong_password_is_not_ready_writes_503_and_a_fixed_password_file_
     assert status == 503 and answer["error"]["code"] == "etcd_unavailable"
     assert answer["error"]["message"].startswith("etcd refused access, cannot ")
     assert "rejected the credentials of user 'configcenter'" in answer["error"]["message"]
-    await asyncio.sleep(1.0)  # several failed attempts, one ERROR line
+    attempts = failed_attempts(server)
+    await eventually(lambda: failed_attempts(server) >= attempts + 3, timeout=30)  # several more: one ERROR line
     errors = [r for r in caplog.records if r.levelno == logging.ERROR and "rejected the credentials" in r.message]
     assert len(errors) == 1
     Path(overrides["etcd_auth"].password_file).write_text(PASSWORDS["configcenter"])  # rotated in place

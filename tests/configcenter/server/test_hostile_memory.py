@@ -13,7 +13,8 @@ Every endpoint that takes a body (push, rollback, route evaluation, schema write
 gets hypothesis-chosen hostile shapes (``hostile_shapes``: wide, deep, long keys, many keys, many
 changed leaves) as JSON and as YAML; ``diff`` gets two releases of such shapes.  Each request must
 grow the peak by at most ``SERVER_BUDGET`` (a multiple of the body plus a fixed part) and never
-answer 5xx.  Rows 3 and 4 of the issue run at full size: under 64 MB and under a second.
+answer 5xx.  Rows 3 and 4 of the issue run at full size: under 64 MB (their time, 5.9 s before, is
+measured by ``bench/bench_attacks.py``: no clock is read here).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from hypothesis import strategies as st
 
 from configcenter._yaml_render import render_lines
 from configcenter.cli.embedded_etcd import EtcdCluster, free_port
-from helpers import WRITER
+from helpers import WRITER, pushed_status
 from hostile_shapes import NO_SHRINK, shape, shapes
 from serve_helpers import start, write_config
 
@@ -95,25 +96,24 @@ class Server:
         return total
 
     def request(self, method: str, path: str, body: bytes = b"", content_type: str = "application/json",
-                token: str | None = None) -> tuple[int, bytes, float]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+                token: str | None = None) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)  # a hang guard
         headers = {"Content-Type": content_type}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        started = time.perf_counter()
         try:
             conn.request(method, path, body=body or None, headers=headers)
             resp = conn.getresponse()
-            return resp.status, resp.read(), time.perf_counter() - started
+            return resp.status, resp.read()
         finally:
             conn.close()
 
     def measured(self, method: str, path: str, body: bytes = b"", content_type: str = "application/json",
-                 token: str | None = None) -> tuple[int, bytes, float, int]:
-        """(status, answer, seconds, peak RSS growth in bytes) of one request."""
+                 token: str | None = None) -> tuple[int, bytes, int]:
+        """(status, answer, peak RSS growth in bytes) of one request."""
         baselines = self.reset_peak()
-        status, answer, took = self.request(method, path, body, content_type, token)
-        return status, answer, took, self.grown(baselines)
+        status, answer = self.request(method, path, body, content_type, token)
+        return status, answer, self.grown(baselines)
 
 
 @pytest.fixture(scope="module")
@@ -162,9 +162,9 @@ def assert_bounded(status: int, answer: bytes, grown: int, body_bytes: int, labe
 
 def test_row_3_route_body_of_long_key_over_many_containers(served: Server) -> None:
     body = orjson.dumps({"k" * 60_000: [[]] * 40_000})  # 180 KB; +2.3 GB and 5.9 s before
-    status, answer, took, grown = served.measured("POST", "/v1/namespaces/x/route", body)
+    status, answer, grown = served.measured("POST", "/v1/namespaces/x/route", body)
     assert status == 400, answer
-    assert took < 1.0 and grown < ROW_BUDGET, (took, grown / MB)
+    assert grown < ROW_BUDGET, grown / MB
 
 
 def test_row_4_diff_of_many_changed_leaves_under_a_long_key(served: Server) -> None:
@@ -172,12 +172,12 @@ def test_row_4_diff_of_many_changed_leaves_under_a_long_key(served: Server) -> N
     revisions = []
     for value in (0, 1):
         body = orjson.dumps({"kind": "config", "doc": {key: [value] * 12_000}})
-        status, answer, _ = served.request("PUT", "/v1/namespaces/row4/cfg", body, token=WRITER)
-        assert status in (200, 201), answer
+        status, answer = served.request("PUT", "/v1/namespaces/row4/cfg", body, token=WRITER)
+        assert status == (201, 200)[value], answer  # created, then changed
         revisions.append(orjson.loads(answer)["revision"])
-    status, answer, took, grown = served.measured("GET", f"/v1/namespaces/row4/cfg/diff?from={revisions[0]}")
+    status, answer, grown = served.measured("GET", f"/v1/namespaces/row4/cfg/diff?from={revisions[0]}")
     assert status == 200, answer[:300]
-    assert took < 1.0 and grown < ROW_BUDGET, (took, grown / MB)  # +925 MB before
+    assert grown < ROW_BUDGET, grown / MB  # +925 MB before
     diff = orjson.loads(answer)
     assert diff["changes_total"] == 12_000 and diff["changes_truncated"] and len(diff["changes"]) == 1000
     assert all(len(c["path"]) <= 512 for c in diff["changes"])
@@ -206,7 +206,7 @@ def test_hostile_bodies_cost_a_bounded_multiple_of_their_size(
     method, path, token, wrap = ENDPOINTS[endpoint]
     _, doc = shape(*params)
     body, content_type = yaml_or_json(wrap(doc), as_yaml)
-    status, answer, _, grown = served.measured(method, path, body, content_type, token)
+    status, answer, grown = served.measured(method, path, body, content_type, token)
     assert_bounded(status, answer, grown, len(body), (endpoint, params, as_yaml))
 
 
@@ -218,12 +218,13 @@ def test_diffs_of_hostile_documents_cost_a_bounded_multiple_of_their_size(
     for doc in shape(*params):
         body = orjson.dumps(envelope(doc))
         size += len(body)
-        status, answer, _ = served.request("PUT", "/v1/namespaces/hostile/diffs", body, token=WRITER)
+        status, answer = served.request("PUT", "/v1/namespaces/hostile/diffs", body, token=WRITER)
         if status in (400, 413):  # deeper than limits.max_depth or over limits.max_doc_bytes: no diff
             return
-        assert status in (200, 201), answer[:300]
-        revisions.append(json.loads(answer)["revision"])
-    status, answer, _, grown = served.measured("GET", f"/v1/namespaces/hostile/diffs/diff?from={revisions[0]}"
+        release = json.loads(answer)
+        assert status == pushed_status(release), answer[:300]
+        revisions.append(release["revision"])
+    status, answer, grown = served.measured("GET", f"/v1/namespaces/hostile/diffs/diff?from={revisions[0]}"
                                                       f"&to={revisions[1]}")
     assert status == 200, answer[:300]
     assert_bounded(status, answer, grown, size, ("diff", params))

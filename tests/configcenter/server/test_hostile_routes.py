@@ -4,21 +4,22 @@ Regex header matchers run on RE2: a table with a catastrophic-backtracking patte
 (it is harmless), a request header crafted against it costs linear time and never stalls the
 server, and what RE2 cannot compile (or compiles to a program over
 ``limits.max_regex_program_size``) is refused at push with 422 naming the matcher's path,
-writing nothing. Bounds are generous on purpose (noisy 2-core machines).
+writing nothing. No clock is read: a backtracking engine would not finish these evaluations
+(the session's 30 s timeout fails them); their cost is measured by ``bench/bench_route.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from configcenter.server.settings import Limits
-from helpers import RunningServer, envelope
+from helpers import RunningServer, envelope, eventually, lane_held
 
 REGEX_PATH = "$.rules[0].match.headers[0].regex"
 EVIL = "a" * 100_000 + "!"
@@ -42,12 +43,11 @@ async def push(http: aiohttp.ClientSession, server: RunningServer, ns: str, patt
                       headers=server.auth())
 
 
-async def evaluate(http: aiohttp.ClientSession, server: RunningServer, ns: str, value: str) -> tuple[float, Any]:
-    started = time.perf_counter()
+async def evaluate(http: aiohttp.ClientSession, server: RunningServer, ns: str, value: str) -> Any:
     status, body = await call(http, "POST", f"{server.url}/v1/namespaces/{ns}/route",
                               json={"headers": {"X-A": value, "accept": "*/*"}}, headers=server.auth())
     assert status == 200, body
-    return time.perf_counter() - started, body
+    return body
 
 
 @pytest.fixture
@@ -62,35 +62,33 @@ async def test_catastrophic_pattern_is_accepted_and_evaluates_in_linear_time(
         big_server: RunningServer, http: aiohttp.ClientSession) -> None:
     status, body = await push(http, big_server, "evil/routes", "^(a+)+$")
     assert status == 201, body
-    elapsed, decision = await evaluate(http, big_server, "evil/routes", EVIL)
+    decision = await evaluate(http, big_server, "evil/routes", EVIL)  # Python's re: ~6 s for 28 characters
     assert decision["cluster"] == "stable" and decision["rule_id"] == "default"
-    assert elapsed < 2.0, elapsed  # Python's re needed ~6 s for 28 characters of this
-    _, decision = await evaluate(http, big_server, "evil/routes", EVIL[:-1])
+    decision = await evaluate(http, big_server, "evil/routes", EVIL[:-1])
     assert decision["cluster"] == "hit" and decision["rule_id"] == "r"
 
 
 async def test_healthz_answers_while_adversarial_headers_are_evaluated(
-        big_server: RunningServer, http: aiohttp.ClientSession) -> None:
+        big_server: RunningServer, http: aiohttp.ClientSession, tmp_path: Path) -> None:
+    """20 adversarial evaluations wait in the read lane (its worker held by the test): the event loop
+    answers meanwhile and none is done; released, each gets its right answer."""
     assert (await push(http, big_server, "evil/routes", "^(a+)+$"))[0] == 201
     await evaluate(http, big_server, "evil/routes", "warm-up")  # the table compiles once per revision
-    work = asyncio.gather(*(evaluate(http, big_server, "evil/routes", EVIL) for _ in range(20)))
-    latencies: list[float] = []
-    while not work.done():
-        started = time.perf_counter()
+    admission = big_server.runtime.admission
+    async with lane_held(big_server, "read", tmp_path):
+        work = asyncio.gather(*(evaluate(http, big_server, "evil/routes", EVIL) for _ in range(20)))
+        await eventually(lambda: admission.pending("read") == 21 or work.done(), timeout=30)  # all admitted
         async with http.get(f"{big_server.url}/healthz") as resp:
             assert resp.status == 200
-        latencies.append(time.perf_counter() - started)
-        await asyncio.sleep(0.005)
-    results = await work
-    assert all(decision["cluster"] == "stable" for _, decision in results)
-    assert max(elapsed for elapsed, _ in results) < 5.0, [round(e, 3) for e, _ in results]
-    assert latencies and max(latencies) < 1.0, latencies
+        assert not work.done()
+    results = await asyncio.wait_for(work, 60)
+    assert [decision["cluster"] for decision in results] == ["stable"] * 20
 
 
 async def test_hostile_header_values_never_fail(big_server: RunningServer, http: aiohttp.ClientSession) -> None:
     assert (await push(http, big_server, "evil/routes", "^[^\\x00]*$"))[0] == 201
     for value in ("", "a\x00b", "\U0010ffff" * 1000, "é" * 50_000):
-        _, decision = await evaluate(http, big_server, "evil/routes", value)
+        decision = await evaluate(http, big_server, "evil/routes", value)
         assert decision["cluster"] == ("stable" if "\x00" in value else "hit"), value[:20]
     # lone surrogates cannot travel in JSON, but YAML's "\ud800" escape carries one
     body = b'headers: {x-a: "ok\\ud800\\udcff"}\n'
@@ -128,5 +126,5 @@ async def test_program_size_limit_comes_from_the_settings(make_server: Any, http
     server: RunningServer = await make_server(limits=replace(Limits(), max_regex_program_size=2000))
     status, body = await push(http, server, "roomy/routes", "(abc){200}")
     assert status == 201, body
-    _, decision = await evaluate(http, server, "roomy/routes", "x" + "abc" * 200)
+    decision = await evaluate(http, server, "roomy/routes", "x" + "abc" * 200)
     assert decision["cluster"] == "hit"

@@ -19,10 +19,10 @@ import aiohttp
 import orjson
 import pytest
 
-from cli_helpers import call_main
+from cli_helpers import Printed, call_main
 from configcenter.cli.embedded_etcd import EtcdCluster
 from configcenter.server.settings import Limits
-from helpers import RunningServer, SSEStream, envelope, eventually
+from helpers import RunningServer, SSEStream, envelope, eventually, pushed_status
 
 
 @asynccontextmanager
@@ -37,8 +37,9 @@ async def watch(http: aiohttp.ClientSession, server: RunningServer, *selectors: 
 
 async def push(http: aiohttp.ClientSession, server: RunningServer, ns: str, doc: dict[str, Any]) -> int:
     async with http.put(f"{server.url}/v1/namespaces/{ns}", json=envelope(doc), headers=server.auth()) as resp:
-        assert resp.status in (200, 201), await resp.text()
-        revision: int = (await resp.json())["revision"]
+        answer = await resp.json()
+        assert resp.status == pushed_status(answer), answer
+        revision: int = answer["revision"]
         return revision
 
 
@@ -296,13 +297,14 @@ async def test_cli_watch_resumes_with_the_full_id(
     argv = ["--server", first.url, "--json", "watch", "cli/", "--since", str(since), "--count", "2", "--timeout", "30"]
     watcher = asyncio.create_task(asyncio.to_thread(call_main, argv))
     await push(http, first, "cli/b", {"v": 1})
-    await asyncio.sleep(0.3)  # the watcher sees b, then the server goes away
+    printed = Printed(capsys)
+    await eventually(lambda: printed.has('"ns":"cli/b"'))  # the watcher saw b: now the server goes away
     await first.stop()
     second = await make_server(cluster=own_etcd, port=first.settings.port, prefix=first.prefix)
     await eventually(lambda: any(s.floor for s in second.runtime.hub.subscriptions), timeout=15)
     await push(http, second, "cli/c", {"v": 1})
     assert await watcher == 0
-    lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    lines = [orjson.loads(line) for line in printed.read().out.splitlines()]
     assert [(e["event"], e["data"].get("ns"), e["data"].get("reason")) for e in lines] == [
         ("change", "cli/b", None), ("reset", None, "cluster_changed"), ("change", "cli/c", None)]
 
