@@ -5,8 +5,9 @@ Per-subscriber contract
 * A subscriber is registered and its catch-up computed in one synchronous
   step, so between the replay (from the ring) and the live changes there is
   neither a gap nor a duplicate.
-* Ids are ``<cluster hex>:<revision>`` (``changes.event_id``); a resume id is
-  ``Last-Event-ID`` / ``?since=`` as ``<revision>`` or ``<cluster hex>:<revision>``.
+* Ids are ``<cluster hex>:<revision>`` (``changes.event_id``, on the shared
+  ``configcenter_sdk.wire``); a resume id is ``Last-Event-ID`` / ``?since=`` as
+  ``<revision>`` or ``<cluster hex>:<revision>`` (``changes.parse_resume_id``).
 * The first event is one ``reset`` (a snapshot of the subscribed namespaces at
   a revision; changes at or below it are then never sent) whose data says why:
   ``no_resume_point``; ``cluster_changed`` (the id names another etcd
@@ -39,15 +40,17 @@ Per-subscriber contract
   without a task, ``_detached``); it is only sent with an empty queue, so
   a client may resume from it.
 * Once the head and the catch-up are out, the connection is taken from aiohttp
-  (``listener.ConnectionGuard.detach``) and the stream is served from callbacks
-  without a task of its own (``_detached``): ~2.7 KiB per idle subscriber
-  instead of ~13.  Without a guard (or if detaching fails) the task serves it.
+  (the ``detach`` the runtime passes in: ``net.ConnectionGuard.detach``) and the
+  stream is served from callbacks without a task of its own (``_detached``):
+  ~2.7 KiB per idle subscriber instead of ~13.  Without a guard (or if detaching
+  fails) the task serves it.
 * The queue holds at most ``queue_size`` changes.  On overflow it is emptied
   and the subscriber gets a ``reset`` instead: memory stays bounded however
   slowly a client reads.
-* No stream starts before the mirror's first list: until then (at most
-  ``READY_WAIT`` seconds of waiting) the answer is 503 ``etcd_unavailable``,
-  because a reset of an empty view would tell clients to delete everything.
+* No stream starts before the mirror's first list: until then (after waiting at
+  most ``READY_WAIT`` seconds, or ``progress_interval`` if shorter) the answer is
+  503 ``etcd_unavailable``, because a reset of an empty view would tell clients to
+  delete everything.
 * Per client: at most ``limits.max_streams_per_address`` / ``_per_principal`` open
   streams, 429 with ``Retry-After`` past them (``_stream_limits``); a client that
   leaves what was written to it (a catch-up included) unread for
@@ -106,7 +109,7 @@ class Hub:
     def __init__(self, mirror: Mirror, metrics: Metrics, *, queue_size: int, progress_interval: float,
                  detach: Callable[[Any, Any], bool] | None = None, limits: Limits | None = None) -> None:
         """``detach(transport, stream)``: take a connection from aiohttp once its stream is set up
-        (``listener.ConnectionGuard.detach``; None: every stream keeps its task).  ``limits``: the
+        (``net.ConnectionGuard.detach``; None: every stream keeps its task).  ``limits``: the
         per-client caps and the drain deadline (default: ``Limits()``)."""
         limits = limits or Limits()
         self._admission = StreamAdmission(limits.max_streams_per_address, limits.max_streams_per_principal,
