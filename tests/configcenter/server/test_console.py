@@ -384,6 +384,61 @@ async def test_rollout_page_and_narrow_window(srv: RunningServer, http: aiohttp.
         await shot(page, "narrow-" + at.split("/")[1])
 
 
+async def test_namespace_page_shows_the_freeze_that_refuses_its_writes(
+        srv: RunningServer, http: aiohttp.ClientSession, page: Page) -> None:
+    ns = fresh("config")
+    prefix = ns.split("/")[0] + "/"
+    await push(http, srv, ns, {"pool": 4})
+    await login(page, srv, at=f"#/ns/{ns}")
+    await expect(page.locator("#doc-view")).to_contain_text("pool: 4")
+    await expect(page.locator("#freeze-notice")).to_have_count(0)  # not frozen: no notice
+    async with http.put(f"{srv.url}/v1/freezes/{prefix}", json={"reason": "incident <b>42</b>", "until": "2h"},
+                        headers=srv.auth()) as resp:
+        assert resp.status == 201, await resp.text()
+        freeze = await resp.json()
+    await page.reload()
+    notice = page.locator("#freeze-notice")
+    await expect(notice.locator(".freeze-reason")).to_have_text("incident <b>42</b>")  # text, not markup
+    await expect(notice.locator(".freeze-who")).to_have_text("test-writer")
+    await expect(notice.locator(".freeze-until")).to_have_text(f"until {freeze['until_time']}")
+    await expect(notice).to_contain_text(f"by the freeze on {prefix}")
+    await page.click("#edit")  # the server refuses the push, naming the freeze
+    await page.click("#push")
+    await expect(page.locator("#push-error")).to_contain_text("423 frozen")
+    await expect(page.locator("#push-error")).to_contain_text("incident <b>42</b>")
+    await shot(page, "freeze")
+    async with http.delete(f"{srv.url}/v1/freezes/{prefix}", headers=srv.auth()) as resp:
+        assert resp.status == 200, await resp.text()
+    await page.reload()  # the freeze ended: the notice goes, the document stays
+    await expect(page.locator("#doc-view")).to_contain_text("pool: 4")
+    await expect(page.locator("#freeze-notice")).to_have_count(0)
+
+
+async def test_namespace_page_shows_base_candidate_and_target_of_a_canary(
+        srv: RunningServer, http: aiohttp.ClientSession, page: Page) -> None:
+    ns = fresh("config")
+    await push(http, srv, ns, {"timeout_ms": 100}, message="base")
+    await login(page, srv, at=f"#/ns/{ns}")
+    await expect(page.locator("#doc-view")).to_contain_text("timeout_ms: 100")
+    await expect(page.locator("#canary")).to_have_count(0)
+    start = {"doc": {"timeout_ms": 250}, "target": {"labels": {"zone": "az1"}, "percent": 10},
+             "message": "try 250 ms"}
+    async with http.post(f"{srv.url}/v1/namespaces/{ns}/canary", json=start, headers=srv.auth()) as resp:
+        assert resp.status == 201, await resp.text()
+        started = await resp.json()
+    canary = page.locator("#canary")  # arrives live (the canary's start is a change of the namespace)
+    await expect(canary.locator("#canary-target")).to_have_text("zone=az1 · 10 %")
+    await expect(canary.locator("#canary-base")).to_have_text("timeout_ms: 100\n")
+    await expect(canary.locator("#canary-candidate")).to_have_text("timeout_ms: 250\n")
+    await expect(canary).to_contain_text(str(started["canary"]["started"]))
+    await expect(canary).to_contain_text("try 250 ms")
+    await shot(page, "canary")
+    async with http.post(f"{srv.url}/v1/namespaces/{ns}/promote", json={}, headers=srv.auth()) as resp:
+        assert resp.status == 200, await resp.text()
+    await expect(page.locator("#doc-view")).to_contain_text("timeout_ms: 250")  # promoted: one release again
+    await expect(page.locator("#canary")).to_have_count(0)
+
+
 @pytest.mark.slow  # stops etcd
 async def test_stale_banner_while_etcd_is_down(own_etcd: EtcdCluster, browser: Browser) -> None:
     server = await start_server(server_settings(own_etcd, tokens=PRINCIPALS), own_etcd)

@@ -19,10 +19,21 @@ off in ``CONFIG`` with the reason (docs/bad-input.md, "The API fuzz run"):
 * conform to the spec: documented status code, content type, headers, body schema; an undeclared
   method is 405 with ``Allow``; missing ``Authorization`` is 401 where the spec requires a token;
 * accept what the spec allows (a schema-valid request gets 2xx, or an answer
-  that depends on state: 401/403/404/409/412/413/422) and reject what it forbids;
+  that depends on state: 401/403/404/409/412/413/422/423) and reject what it forbids;
 
 and, if it is a 4xx, leave etcd's revision (read from etcd itself, linearizably, before and after the
 call) where it was: a rejected request writes nothing.
+
+Release control is fuzzed too: policies and freezes (set, get, history, delete), proposals (list, get,
+approve, reject) and ``?override_freeze=`` on every namespace write.  A policy or freeze set while one
+operation is fuzzed would turn the next operations' pushes into 202 proposals or 423s, so ``reseed``
+removes every freeze and policy and rejects every open proposal before each operation (each
+operation's cases run together, and one operation cannot push into what it just froze).  In the
+stateful phase a scenario may freeze or put under review its own namespace space (``isolate``) and then
+write into it: 202 and 423 are declared answers of those writes.  Whether a freeze body is accepted
+depends on the server's clock (``until`` in the future, at most 366 days away), which no schema can
+state: ``clock_free_freeze`` keeps only freezes without ``from`` and with a duration of 1 h to 366 d, so
+none expires during the run and the statuses stay the same every time.
 
 ``GET /v1/watch`` is excluded: its 200 is an endless SSE stream that the
 blocking transport would wait on forever.  Its rejections (bad ``ns``,
@@ -72,7 +83,12 @@ CONFIG = SchemathesisConfig.from_dict({
     "checks": {
         "enabled": True,  # every check schemathesis has, except those switched off below with the reason
         "positive_data_acceptance": {
-            "expected-statuses": ["2xx", "401", "403", "404", "409", "412", "413", "422"]},
+            "expected-statuses": ["2xx", "401", "403", "404", "409", "412", "413", "422", "423"]},
+        # 412 besides the defaults: ``?override_freeze=`` is checked by the release gate inside the write, after
+        # its guard read compared ``If-Match``, so a stale ``If-Match`` is answered first (nothing is written)
+        "negative_data_rejection": {
+            "expected-statuses": ["400", "401", "403", "404", "405", "406", "409", "412", "415", "422", "428", "429",
+                                  "5xx"]},
         # Off: a delete keeps the namespace's history (and its releases by revision, diffs and rollbacks)
         # readable by design (docs/bad-input.md, "The API fuzz run"); use_after_free would call
         # that a use after free.  test_api.py::test_delete pins that the current read is 404.
@@ -98,7 +114,14 @@ SEEDED_QUERIES = {
     "GET /v1/namespaces/{ns}/diff": st.fixed_dictionaries({"from": _revision}, optional={"to": _revision}),
     "GET /v1/namespaces/{ns}/history": st.fixed_dictionaries({}, optional={"before": _revision}),
 }
-SEEDED_BODIES = {"POST /v1/namespaces/{ns}/rollback": st.fixed_dictionaries({"to_revision": _revision})}
+SEEDED_BODIES = {
+    "POST /v1/namespaces/{ns}/rollback": st.fixed_dictionaries({"to_revision": _revision}),
+    # freezes the clock cannot refuse (random strings are rarely durations): see clock_free_freeze
+    "PUT /v1/freezes/{target}": st.fixed_dictionaries({"reason": st.sampled_from(["incident 42", "release week"])},
+                                                      optional={"until": st.sampled_from(["1h", "36h", "366d"])}),
+}
+FREEZE_WINDOW = (3600, 366 * 86400)  # seconds: outlasts the run; the server's limit
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _label(context: Any) -> str:
@@ -158,6 +181,30 @@ def filter_body(context: Any, body: Any) -> bool:
     if isinstance(body, dict) and isinstance(body.get("to_revision"), float):
         return False
     return carried_integers(body)
+
+
+def clock_free_freeze(body: Any) -> bool:
+    """Whether a freeze body's acceptance does not depend on the server's clock: no RFC 3339 ``from``
+    (a time may lie in the past or the future of the run), and ``until`` absent, null, not a string of
+    at most 40 characters (then the body is invalid anyway: 400 whatever the time) or a duration of 1 h
+    to 366 d (an RFC 3339 ``until`` may be past; a shorter freeze could end mid-run)."""
+    if not isinstance(body, dict):
+        return True
+    start, until = body.get("from"), body.get("until")
+    if isinstance(start, str) and len(start) <= 40:
+        return False
+    if not isinstance(until, str) or len(until) > 40:
+        return True
+    digits, unit = until[:-1], until[-1:]
+    if unit not in _UNITS or not (digits.isascii() and digits.isdigit()) or digits.startswith("0") or len(digits) > 7:
+        return False
+    return FREEZE_WINDOW[0] <= int(digits) * _UNITS[unit] <= FREEZE_WINDOW[1]
+
+
+@schema.hook
+def filter_case(context: Any, case: Any) -> bool:
+    """Freeze bodies whose acceptance depends on the clock are not sent (``clock_free_freeze``)."""
+    return _label(context) != "PUT /v1/freezes/{target}" or clock_free_freeze(case.body)
 
 
 class ThreadedServer:
@@ -226,10 +273,16 @@ def live() -> Iterator[ThreadedServer]:
 
 @pytest.fixture(autouse=True)
 def reseed(live: ThreadedServer) -> None:
-    """Before each operation's run, drop fuzzed schemas (one could refuse the seeded documents), then put the
-    seeded namespaces back (an earlier DELETE may have removed them; a canary left running is aborted first,
-    or the push would be 409)."""
+    """Before each operation's run, drop fuzzed freezes and review policies (they would make the next
+    operations' writes 423 or 202) and reject open proposals, drop fuzzed schemas (one could refuse the
+    seeded documents), then put the seeded namespaces back (an earlier DELETE may have removed them; a
+    canary left running is aborted first, or the push would be 409)."""
     headers = {"Authorization": f"Bearer {WRITER}"}
+    for family in ("freezes", "policies"):
+        for item in requests.get(f"{live.url}/v1/{family}", headers=headers, timeout=10).json()[family]:
+            requests.delete(f"{live.url}/v1/{family}/{item['target']}", headers=headers, timeout=10).raise_for_status()
+    for item in requests.get(f"{live.url}/v1/proposals", headers=headers, timeout=10).json()["proposals"]:
+        requests.post(f"{live.url}/v1/proposals/{item['id']}/reject", headers=headers, timeout=10).raise_for_status()
     for ns in SEEDED:
         requests.delete(f"{live.url}/v1/namespaces/{ns}/canary", headers=headers, timeout=10)  # 409/404: none
     for item in requests.get(f"{live.url}/v1/schemas", timeout=10).json()["schemas"]:
@@ -284,6 +337,8 @@ def isolate(case: Any, scenario: int) -> None:
     params = case.path_parameters
     if not params:
         return
+    if str(case.operation.path).startswith("/v1/proposals/"):
+        return  # a proposal id is global (a moved one would only be a 400); random ids are 404 in any scenario
     tag = f"s{scenario:04d}"
     moves = (("ns", validate_namespace, lambda raw: "/".join([tag, *raw.split("/")[1:]])),
              ("target", validate_target, lambda raw: "/".join([tag, *raw.split("/")[1:]])),
@@ -320,3 +375,33 @@ def test_stateful_sequences_follow_the_links(live: ThreadedServer, session: requ
     Workflow.run(settings=settings(max_examples=STATEFUL_SCENARIOS, stateful_step_count=STATEFUL_STEPS,
                                    derandomize=True, deadline=None, database=None, phases=[Phase.generate],
                                    suppress_health_check=list(HealthCheck)))
+
+
+def test_release_control_answers_conform_to_the_spec(live: ThreadedServer, session: requests.Session) -> None:
+    """The answers the fuzz run cannot reach (``reseed`` clears freezes and policies between operations):
+    a push and a delete under a freeze (423 ``frozen``), a push under a review policy (202, the proposal),
+    the proposal read and rejected, each declared and valid against its operation in the spec."""
+    headers = {"Authorization": f"Bearer {WRITER}"}
+
+    def checked(method: str, path: str, template: str, status: int, **kwargs: Any) -> Any:
+        response = session.request(method, f"{live.url}{path}", headers=headers, timeout=10, **kwargs)
+        assert response.status_code == status, response.text
+        operation = schema[template][method]
+        assert str(status) in operation.definition.raw["responses"], f"{method} {template} does not declare {status}"
+        operation.validate_response(response)
+        return response.json()
+
+    push = {"kind": "config", "doc": {"a": 1}}
+    checked("PUT", "/v1/namespaces/rc/frozen", "/v1/namespaces/{ns}", 201, json=push)
+    checked("PUT", "/v1/freezes/rc/", "/v1/freezes/{target}", 201, json={"reason": "incident 42", "until": "2h"})
+    refused = checked("PUT", "/v1/namespaces/rc/frozen", "/v1/namespaces/{ns}", 423, json=push)
+    assert refused["error"]["details"]["reason"] == "incident 42"
+    checked("DELETE", "/v1/namespaces/rc/frozen", "/v1/namespaces/{ns}", 423)
+    checked("DELETE", "/v1/freezes/rc/", "/v1/freezes/{target}", 200)
+    checked("PUT", "/v1/policies/rc/held", "/v1/policies/{target}", 201, json={"require_review": True})
+    held = checked("PUT", "/v1/namespaces/rc/held", "/v1/namespaces/{ns}", 202, json=push)
+    proposal = held["proposal"]["id"]
+    checked("GET", f"/v1/proposals/{proposal}", "/v1/proposals/{id}", 200)
+    checked("POST", f"/v1/proposals/{proposal}/approve", "/v1/proposals/{id}/approve", 403)  # its own author
+    checked("POST", f"/v1/proposals/{proposal}/reject", "/v1/proposals/{id}/reject", 200)
+    checked("DELETE", "/v1/policies/rc/held", "/v1/policies/{target}", 200)

@@ -5,6 +5,7 @@
 import { api, ApiError, canWrite, nsPath } from "./api.js";
 import { age, clear, h, patchView, toast } from "./dom.js";
 import { nsHead, releaseFacts } from "./nsview.js";
+import { activeFreezes, canaryView, freezeNotice } from "./release_view.js";
 import { bus } from "./state.js";
 import { dump, locate } from "./yaml.js";
 
@@ -20,7 +21,9 @@ export function renderDocument(main, ns) {
   const info = h("div", { class: "facts-box" });
   const body = h("div", { class: "doc-body" });
   const notice = h("div", { class: "notice", id: "live-notice", hidden: true });
-  clear(main, nsHead(ns, "ns"), notice, info, body);
+  const frozen = h("div"); // the active freezes covering ns (release_view.js)
+  const canary = h("div"); // base and candidate while a canary runs
+  clear(main, nsHead(ns, "ns"), frozen, notice, info, canary, body);
 
   async function load() {
     try {
@@ -31,7 +34,9 @@ export function renderDocument(main, ns) {
     }
     main.querySelector(".page-head").replaceWith(nsHead(ns, "ns", release.kind));
     clear(info, releaseFacts(release));
+    clear(canary, canaryView(release));
     if (!editing) showView();
+    clear(frozen, freezeNotice(ns, await activeFreezes(ns)));
   }
 
   function showView() {
@@ -81,6 +86,11 @@ export function renderDocument(main, ns) {
         const result = await api("PUT", nsPath(ns), {
           body: envelopeYaml(release.kind, message.value, text), headers: { "If-Match": String(editing.base) },
         });
+        if (result && result.proposal) { // 202: a review policy held the change as a proposal
+          problems.append(h("p", { class: "notice", id: "push-proposal" },
+            `Held for review: proposal ${result.proposal.id} (${result.message}). Nothing is released until another writer approves it.`));
+          return;
+        }
         editing = null;
         toast(`pushed ${ns}: revision ${result.revision}`);
         release = result;
