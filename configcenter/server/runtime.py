@@ -44,7 +44,7 @@ class Runtime:
         self.auth = TokenAuth(settings.tokens, settings.read_requires_token, self.metrics)
         self.client = client_for(settings)
         layout = _etcd.KeyLayout(settings.prefix)
-        self.schemas = SchemaStore(self.client, settings.prefix, layout.docs_prefix,
+        self.schemas = SchemaStore(self.client, layout,
                                    timeout=settings.watch.etcd_timeout)  # checks every push (not a route's)
         self.store = Store(self.client, layout, timeout=settings.watch.etcd_timeout,
                            max_request_bytes=settings.etcd_max_request_bytes)

@@ -52,8 +52,24 @@ class KeyLayout:
         self.docs_prefix = f"{prefix}docs/".encode()
         self.history_root = f"{prefix}history/".encode()
         self.migration_key = f"{prefix}meta/history-layout".encode()
+        self.schemas_prefix = f"{prefix}schemas/".encode()  # schemas/<target>: one key per target
+        self.schema_history_root = f"{prefix}schema-history/".encode()
+        self.instances_prefix = f"{prefix}instances/".encode()  # instances/<id>: one key per instance
         self.proposals_root = f"{prefix}proposals/".encode()
         self.proposal_ids_root = f"{prefix}proposal-ids/".encode()
+
+    def schema_key(self, target: str) -> bytes:
+        return self.schemas_prefix + target.encode()
+
+    def schema_history_prefix(self, target: str) -> bytes:
+        """The start of ``target``'s schema history range; only keys of ``target`` start with it."""
+        return self.schema_history_root + target.encode() + NAME_END
+
+    def schema_history_key(self, target: str, version: int) -> bytes:
+        return self.schema_history_prefix(target) + f"{version:0{_VERSION_DIGITS}d}".encode()
+
+    def instance_key(self, instance_id: str) -> bytes:
+        return self.instances_prefix + instance_id.encode()
 
     # release control: policies and freezes ("family"), proposals (configcenter.server.release)
 

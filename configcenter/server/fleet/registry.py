@@ -47,7 +47,7 @@ from etcd3aio import Etcd3Client, prefix_range_end
 
 from configcenter.errors import ConflictError, EtcdUnavailableError
 from configcenter.model import Release
-from configcenter.server.etcd import etcd_errors
+from configcenter.server.etcd import KeyLayout, etcd_errors
 from configcenter.server.metrics import Metrics
 from configcenter_sdk.names import namespace_matcher
 
@@ -105,7 +105,8 @@ class InstanceRegistry:
     def __init__(self, client: Etcd3Client, prefix: str, ttl: float, metrics: Metrics, *, timeout: float,
                  releases: Callable[[], Mapping[str, Release]], caps: tuple[int, int] = (10_000, 1_000)) -> None:
         self._client = client
-        self._prefix = f"{prefix}instances/".encode()
+        self._layout = KeyLayout(prefix)
+        self._prefix = self._layout.instances_prefix
         self.ttl = max(2, round(ttl))
         self.heartbeat = self.ttl / 3
         self._metrics = metrics
@@ -120,7 +121,7 @@ class InstanceRegistry:
         self.on_reports: Callable[[Iterable[Mapping[str, Any]]], None] = lambda instances: None
 
     def key(self, instance_id: str) -> bytes:
-        return self._prefix + instance_id.encode()
+        return self._layout.instance_key(instance_id)
 
     @property
     def _kv(self) -> Any:

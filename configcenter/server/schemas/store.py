@@ -30,7 +30,7 @@ from etcd3aio import Etcd3Client, prefix_range_end
 from configcenter.errors import ConflictError, NotFoundError, PreconditionFailedError
 from configcenter.model import Origin, Release
 from configcenter.schema_rules import check_schema, governing, validate_config, violations
-from configcenter.server.etcd import Compare, etcd_errors, read_range
+from configcenter.server.etcd import Compare, KeyLayout, etcd_errors, read_range
 
 _CAS_ATTEMPTS = 8
 DocsReader = Callable[[str], Awaitable[tuple[int, list[Release]]]]
@@ -85,11 +85,10 @@ class SchemaWrite:
 class SchemaStore:
     """Schemas under one key prefix (see the module contract)."""
 
-    def __init__(self, client: Etcd3Client, prefix: str, docs_prefix: bytes, timeout: float = 5.0) -> None:
+    def __init__(self, client: Etcd3Client, layout: KeyLayout, timeout: float = 5.0) -> None:
         self._client = client
-        self.current_prefix = f"{prefix}schemas/".encode()
-        self.history_prefix = f"{prefix}schema-history/".encode()
-        self._docs_prefix = docs_prefix
+        self._layout = layout
+        self.current_prefix = layout.schemas_prefix
         self._timeout = timeout
         self._validators: dict[str, tuple[int, Any]] = {}  # target -> (mod_revision, compiled validator)
 
@@ -100,10 +99,10 @@ class SchemaStore:
         return self._client.kv
 
     def _key(self, target: str) -> bytes:
-        return self.current_prefix + target.encode()
+        return self._layout.schema_key(target)
 
     def _history_key(self, target: str, version: int) -> bytes:
-        return self.history_prefix + f"{target}#{version:012d}".encode()
+        return self._layout.schema_history_key(target, version)
 
     async def list_schemas(self) -> tuple[int, list[SchemaRelease]]:
         """Every current schema, sorted by target, and the revision of the read."""
@@ -123,7 +122,7 @@ class SchemaStore:
 
     async def history(self, target: str) -> list[SchemaRelease]:
         """Every release of the schema of ``target``, newest first."""
-        start = self.history_prefix + f"{target}#".encode()
+        start = self._layout.schema_history_prefix(target)
         with etcd_errors(f"read the schema history of {target}"):
             _, items = await read_range(self._kv, start, prefix_range_end(start), timeout=self._timeout)
         entries = [SchemaRelease.from_record(target, kv.mod_revision, orjson.loads(kv.value)) for kv in items]
@@ -208,7 +207,7 @@ class SchemaStore:
 
     async def _state(self, target: str) -> tuple[int, int]:
         """(mod_revision of the current key or 0, the highest version in history or 0)."""
-        start = self.history_prefix + f"{target}#".encode()
+        start = self._layout.schema_history_prefix(target)
         with etcd_errors(f"read the schema of {target}"):
             cur = await self._kv.get(self._key(target), keys_only=True, timeout=self._timeout)
             _, hist = await read_range(self._kv, start, prefix_range_end(start), keys_only=True,
@@ -224,7 +223,7 @@ class SchemaStore:
         compare = [Compare(result=Compare.EQUAL, target=Compare.MOD, key=key, mod_revision=current),
                    kv.txn_compare_create_revision(hist_key, 0)]
         if guard_docs and release.schema is not None:
-            start = self._docs_prefix + release.target.encode()
+            start = self._layout.doc_key(release.target)
             # a prefix target ("team/") governs the names under it; an exact one only its own key
             # (a range of "team" would also guard "teams" and "team/db")
             end = prefix_range_end(start) if release.target.endswith("/") else start + b"\0"
