@@ -340,7 +340,7 @@ async def test_an_sdk_cut_for_not_reading_resumes_with_last_event_id_and_gets_ev
             release_ = await server.runtime.store.push(f"cut/big{i}", "config", {"blob": chr(97 + i) * size})
             pushed.add((f"cut/big{i}", release_.revision))
         await eventually(lambda: server.runtime.metrics.values["configcenter_streams_stalled_total"] >= 1, timeout=20)
-        assert not server.runtime.hub.subscriptions  # cut, its buffer dropped
+        await eventually(lambda: not server.runtime.hub.subscriptions)  # cut (just after the abort): buffer dropped
         release.set()
         await eventually(lambda: pushed <= seen, timeout=20)
         for i in range(total // size + 1):
