@@ -193,12 +193,15 @@ def check_canary_ops(records: list[dict[str, Any]], truths: list[Truth], v: list
             continue
         entries = [e for t in truths if (e := t.by_key.get((rec["ns"], rec["rev"]))) is not None]
         target = json.dumps(rec.get("target"), sort_keys=True)
+        # wid None: the fault could not learn which candidate was active (it read a replica that lagged,
+        # or an etcd restore brought back an older canary), so any candidate is the right one
+        wid = rec.get("wid")
         ok = any(e.op == "put" and {
-            "canary_start": e.cm == rec.get("wid") and e.target == target,
-            "canary_update": e.cm == rec.get("wid") and e.target == target,
+            "canary_start": e.cm == wid and e.target == target,
+            "canary_update": (wid is None or e.cm == wid) and e.target == target,
             "canary_abort": e.target is None,
-            "promote": e.target is None and e.m == rec.get("wid"),
-            "push": e.target is None and e.m == rec.get("wid"),
+            "promote": e.target is None and (wid is None or e.m == wid),
+            "push": e.target is None and e.m == wid,
         }[rec["op"]] for e in entries)
         if ok:
             counts["canary_acknowledged"] += 1
