@@ -63,6 +63,8 @@ SNAPSHOT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*(~[a-z0-9][a-z0-9._-]*){0,3}\.j
 FILL_PAD = 4000
 
 
+FAULT_DEADLINE = 180.0  # seconds: the longest fault (a restore with its waits) takes well under a minute
+
 class ChaosRun:
     def __init__(self, seed: int, faults: int, workdir: Path, *, kinds: tuple[str, ...] = FAULT_KINDS,
                  verbose: bool = False) -> None:
@@ -121,7 +123,11 @@ class ChaosRun:
                     t0 = time.monotonic()
                     record: dict[str, Any] = {"n": i, "kind": kind}
                     try:
-                        record.update(await self.inject(kind, http) or {})
+                        record.update(await asyncio.wait_for(self.inject(kind, http), FAULT_DEADLINE) or {})
+                    except TimeoutError:  # a fault that never ends: say where everything waits, do not hang
+                        record["error"] = f"did not end within {FAULT_DEADLINE} s"
+                        (self.workdir / f"hung-fault-{i}.txt").write_text(_task_stacks())
+                        self.violations.append({"consumer": "harness", "kind": "fault_hung", "fault": record})
                     except Exception as exc:  # a fault that could not be carried out is a harness problem
                         record["error"] = f"{type(exc).__name__}: {exc}"[:300]
                         self.violations.append({"consumer": "harness", "kind": "fault_failed", "fault": record})
@@ -778,6 +784,15 @@ def _check_truth(truth: Truth, v: list[dict[str, Any]]) -> None:
             v.append({"consumer": "etcd", "kind": "document_without_history", "ns": ns})
     for e in truth.noop_deletes:
         v.append({"consumer": "etcd", "kind": "delete_of_absent_namespace_in_history", "ns": e.ns, "rev": e.rev})
+
+
+def _task_stacks() -> str:
+    """Every asyncio task of this loop and where it waits (for a fault that hung)."""
+    out = []
+    for task in asyncio.all_tasks():
+        out.append(f"--- {task.get_name()}: {task.get_coro()!r}")
+        out += [f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}" for frame in task.get_stack()]
+    return "\n".join(out)
 
 
 def _lost_to_restore(records: list[dict[str, Any]], backup_revision: int) -> int:
