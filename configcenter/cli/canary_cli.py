@@ -18,7 +18,6 @@ SELECTOR: comma-separated terms ``N%`` (a stable share of instances, 0 to 100), 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import Any
 
@@ -29,9 +28,8 @@ from ..model import validate_namespace
 from . import output as out
 from .client import EXIT_OK, Client, usage_error
 from .release_cli import held, held_line, override_params
-from .rollout import EXIT_REJECTED, EXIT_WAIT_TIMEOUT, add_wait_flags, after_write, fetch, rollout_table
+from .rollout import EXIT_REJECTED, add_wait_flags, after_write, poll_rollout, rollout_table
 
-_POLL = (0.1, 1.0)
 _HINT = "use comma-separated terms N% (0-100), id:INSTANCE and KEY=VALUE, e.g. 10% or zone=az1,25%"
 
 
@@ -172,27 +170,12 @@ async def _after_canary(args: argparse.Namespace, client: Client, ns: str, relea
 async def wait_for_canary(client: Client, ns: str, started: int, timeout: float | None, as_json: bool) -> int:
     """Poll the rollout until the members of the canary ``started`` applied its latest revision (see the
     module docstring for the exit codes)."""
-    loop = asyncio.get_running_loop()
-    deadline = None if not timeout else loop.time() + timeout
-    pause = _POLL[0]
-    while True:
-        body = await fetch(client, ns, None)
-        canary = body.get("canary")
-        if canary is None or canary.get("started") != started:
-            return await _ended(client, ns, started)
-        if canary["summary"]["rejected"]:
-            _print(body, as_json)
-            _complain(body, "rejected", f"rejected {ns}@{body['revision']} (canary)")
-            return EXIT_REJECTED
-        if canary["complete"]:
-            _print(body, as_json)
-            return EXIT_OK
-        if deadline is not None and loop.time() + pause > deadline:
-            _print(body, as_json)
-            _complain(body, "pending", f"still pending after {timeout:g}s (canary)")
-            return EXIT_WAIT_TIMEOUT
-        await asyncio.sleep(pause)
-        pause = min(_POLL[1], pause * 2)
+    def this_canary(body: dict[str, Any]) -> dict[str, Any] | None:
+        canary: dict[str, Any] | None = body.get("canary")
+        return canary if canary is not None and canary.get("started") == started else None
+
+    code = await poll_rollout(client, ns, None, timeout, as_json, pin=False, part=this_canary, label=" (canary)")
+    return code if code is not None else await _ended(client, ns, started)
 
 
 async def _ended(client: Client, ns: str, started: int) -> int:

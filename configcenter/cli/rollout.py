@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigCenterError
@@ -66,22 +67,39 @@ def _complain(body: dict[str, Any], status: str, what: str) -> None:
 async def wait_for_rollout(client: Client, ns: str, revision: int | None, timeout: float | None,
                            as_json: bool = False) -> int:
     """Poll the rollout of ``revision`` (None: the current one); the exit code (module docstring)."""
+    code = await poll_rollout(client, ns, revision, timeout, as_json, pin=True, part=lambda body: body)
+    assert code is not None  # the whole rollout never "ends"
+    return code
+
+
+Part = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+async def poll_rollout(client: Client, ns: str, revision: int | None, timeout: float | None, as_json: bool, *,
+                       pin: bool, part: Part, label: str = "") -> int | None:
+    """Poll until ``part(rollout)`` (its ``summary`` and ``complete``) is complete, rejected or past ``timeout``:
+    the exit code; None as soon as ``part`` is None (what was waited for ended).  ``pin``: keep waiting for
+    the first revision seen even if a newer one lands (else follow the current one)."""
     loop = asyncio.get_running_loop()
     deadline = None if not timeout else loop.time() + timeout
     pause = _POLL[0]
     while True:
         body = await fetch(client, ns, revision)
-        revision = body["revision"]  # keep waiting for the same revision even if a newer one lands
-        if body["summary"]["rejected"]:
+        if pin:
+            revision = body["revision"]
+        view = part(body)
+        if view is None:
+            return None
+        if view["summary"]["rejected"]:
             _print(body, as_json)
-            _complain(body, "rejected", f"rejected {ns}@{revision}")
+            _complain(body, "rejected", f"rejected {ns}@{body['revision']}{label}")
             return EXIT_REJECTED
-        if body["complete"]:
+        if view["complete"]:
             _print(body, as_json)
             return EXIT_OK
         if deadline is not None and loop.time() + pause > deadline:
             _print(body, as_json)
-            _complain(body, "pending", f"still pending after {timeout:g}s")
+            _complain(body, "pending", f"still pending after {timeout:g}s{label}")
             return EXIT_WAIT_TIMEOUT
         await asyncio.sleep(pause)
         pause = min(_POLL[1], pause * 2)

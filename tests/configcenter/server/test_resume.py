@@ -11,8 +11,6 @@ reset names its reason.  Hostile ids are a clear 400.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -23,16 +21,7 @@ from cli_helpers import Printed, call_main
 from configcenter.cli.embedded_etcd import EtcdCluster
 from configcenter.server.settings import Limits
 from helpers import RunningServer, SSEStream, envelope, eventually, pushed_status
-
-
-@asynccontextmanager
-async def watch(http: aiohttp.ClientSession, server: RunningServer, *selectors: str,
-                resume: str | None = None) -> AsyncIterator[SSEStream]:
-    params = [("ns", s) for s in selectors]
-    headers = {"Last-Event-ID": resume} if resume is not None else {}
-    async with http.get(f"{server.url}/v1/watch", params=params, headers=headers) as resp:
-        assert resp.status == 200, await resp.text()
-        yield SSEStream(resp)
+from layout_helpers import watch
 
 
 async def push(http: aiohttp.ClientSession, server: RunningServer, ns: str, doc: dict[str, Any]) -> int:
