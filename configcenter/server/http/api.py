@@ -27,7 +27,7 @@ from configcenter.server.cpu._read_worker import diff_body, route_headers
 from configcenter.server.runtime import RUNTIME, Runtime
 from configcenter.server.security import Action, Principal, request_info
 from configcenter.server.watch import ResumePoint, parse_resume_id
-from configcenter.validation import parse_envelope, validate_document
+from configcenter.validation import PushRequest, parse_envelope, validate_document
 from configcenter_sdk.routing import RouteTable
 
 log = logging.getLogger("configcenter.api")
@@ -154,19 +154,28 @@ async def published(request: web.Request, release: Release) -> None:
     await rt(request).visible(release.revision)
 
 
-async def push(request: web.Request) -> web.Response:
+async def validated_envelope(request: web.Request, ns: str, body: Any) -> PushRequest:
+    """The envelope of a document about to be written to ``ns`` (a push, a canary's candidate): parsed,
+    naming ``ns`` if it names one, and its document valid for its kind (off the event loop when large).
+    The namespace's own schema is checked by the write itself (``SchemaStore.check_push``)."""
     runtime = rt(request)
-    _, ns = authorized(request, "push")
-    envelope = parse_envelope(await read_body(request))
+    envelope = parse_envelope(body)
     if envelope.namespace is not None and envelope.namespace != ns:
         raise errors.SchemaViolationError(
             f"the envelope is for namespace {envelope.namespace!r}, not {ns!r}",
-            violations=[{"path": "$.namespace", "message": f"must be {ns!r} (the namespace pushed to)"}])
+            violations=[{"path": "$.namespace", "message": f"must be {ns!r} (the namespace written to)"}])
     regex_limit = runtime.settings.limits.max_regex_program_size
     if await small_json_body(request):
         validate_document(envelope.kind, envelope.doc, max_regex_program_size=regex_limit)
     else:
         await runtime.offload(validate_document, envelope.kind, envelope.doc, max_regex_program_size=regex_limit)
+    return envelope
+
+
+async def push(request: web.Request) -> web.Response:
+    runtime = rt(request)
+    _, ns = authorized(request, "push")
+    envelope = await validated_envelope(request, ns, await read_body(request))
     release = await runtime.store.push(
         ns, envelope.kind, envelope.doc, author=envelope.author, message=envelope.message, if_match=if_match(request),
         origin=request_info(request).origin(),

@@ -24,10 +24,9 @@ from aiohttp import web
 from configcenter import errors
 from configcenter.server.etcd import CanaryChange
 from configcenter.server.security import request_info
-from configcenter.validation import parse_envelope, validate_document
 from configcenter_sdk.canary import CanaryTarget, parse_target
 
-from .api import NS, authorized, if_match, published, read_body, release_response, rt, small_json_body
+from .api import NS, authorized, if_match, published, read_body, release_response, rt, validated_envelope
 
 _START_FIELDS = frozenset({"target", "abort_on_reject"})  # besides the push envelope's
 
@@ -45,16 +44,7 @@ async def start_canary(request: web.Request) -> web.Response:
         raise errors.InvalidBodyError("abort_on_reject must be true or false")
     envelope_fields = {k: v for k, v in body.items() if k not in _START_FIELDS}
     envelope_fields.setdefault("kind", (await runtime.current(ns)).kind)  # 404 for an unknown namespace
-    envelope = parse_envelope(envelope_fields)
-    if envelope.namespace is not None and envelope.namespace != ns:
-        raise errors.SchemaViolationError(
-            f"the envelope is for namespace {envelope.namespace!r}, not {ns!r}",
-            violations=[{"path": "$.namespace", "message": f"must be {ns!r} (the namespace of the canary)"}])
-    regex_limit = runtime.settings.limits.max_regex_program_size
-    if await small_json_body(request):
-        validate_document(envelope.kind, envelope.doc, max_regex_program_size=regex_limit)
-    else:
-        await runtime.offload(validate_document, envelope.kind, envelope.doc, max_regex_program_size=regex_limit)
+    envelope = await validated_envelope(request, ns, envelope_fields)
     await runtime.schemas.check_push(ns, envelope.kind, envelope.doc, runtime.offload)  # its schema, like a push
     release = await runtime.store.canary.start(
         ns, _change(request, envelope.message, envelope.author), kind=envelope.kind, doc=envelope.doc,
